@@ -1,0 +1,93 @@
+//! Dagger's GraphQL core API. Resolvers are thin adapters over the engine's core; the schema
+//! serves only fields that work (see `docs/compat.md`).
+
+mod query;
+mod scalars;
+
+pub use query::QueryRoot;
+pub use scalars::PlatformScalar;
+
+use crate::oci::Platform;
+use async_graphql::{
+    EmptyMutation, EmptySubscription, ObjectType, Request, Response, Schema, SchemaBuilder,
+    SubscriptionType, ValidationMode,
+};
+
+/// What resolvers can reach. Grows with the core (solver, stores) in later layers.
+pub struct ApiState {
+    pub default_platform: Platform,
+}
+
+/// The served API.
+pub type Api = Lenient<QueryRoot, EmptyMutation, EmptySubscription>;
+
+impl Api {
+    pub fn new(state: ApiState) -> Self {
+        let state = std::sync::Arc::new(state);
+        Lenient::build(|| Schema::build(QueryRoot, EmptyMutation, EmptySubscription).data(state.clone()))
+    }
+}
+
+/// A schema validated strictly, with a lenient second pass for the one thing the real engine
+/// tolerates and strict GraphQL does not.
+///
+/// The real engine turns off `ValuesOfCorrectType` because some SDKs send enum values as quoted
+/// strings. Turning validation off wholesale would also stop unknown fields and arguments from
+/// being reported, so a request is validated strictly first; only when every error is an
+/// argument-value error is it run again with those checks skipped. Resolvers still parse every
+/// value, so a wrong value is reported at execution instead. IDs sent as integer literals pass
+/// strict validation already.
+pub struct Lenient<Q, M, S> {
+    strict: Schema<Q, M, S>,
+    lenient: Schema<Q, M, S>,
+}
+
+impl<Q, M, S> Clone for Lenient<Q, M, S> {
+    fn clone(&self) -> Self {
+        Lenient {
+            strict: self.strict.clone(),
+            lenient: self.lenient.clone(),
+        }
+    }
+}
+
+impl<Q, M, S> Lenient<Q, M, S>
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    pub fn build(builder: impl Fn() -> SchemaBuilder<Q, M, S>) -> Self {
+        Lenient {
+            strict: builder().validation_mode(ValidationMode::Strict).finish(),
+            lenient: builder().validation_mode(ValidationMode::Fast).finish(),
+        }
+    }
+
+    /// Executes the request that `request` builds (called twice when the lenient pass runs).
+    pub async fn execute(&self, request: impl Fn() -> Request) -> Response {
+        let response = self.strict.execute(request()).await;
+        if needs_lenient_pass(&response) {
+            return self.lenient.execute(request()).await;
+        }
+        response
+    }
+
+    /// The schema in SDL, for documentation and compatibility checks.
+    pub fn sdl(&self) -> String {
+        self.strict.sdl()
+    }
+}
+
+/// Strict validation failed (nothing ran) and only because of argument values.
+fn needs_lenient_pass(response: &Response) -> bool {
+    !response.errors.is_empty()
+        && response.data == async_graphql::Value::Null
+        && response
+            .errors
+            .iter()
+            .all(|e| e.message.starts_with("Invalid value for argument"))
+}
+
+#[cfg(test)]
+mod tests;

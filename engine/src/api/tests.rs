@@ -1,0 +1,98 @@
+use super::*;
+use async_graphql::{Enum, Object, Request, ID};
+
+fn api() -> Api {
+    Api::new(ApiState {
+        default_platform: Platform::parse("linux/amd64").unwrap(),
+    })
+}
+
+async fn run(query: &str) -> serde_json::Value {
+    serde_json::to_value(api().execute(|| Request::new(query)).await).unwrap()
+}
+
+#[tokio::test]
+async fn version_and_default_platform() {
+    let v = run("{ version defaultPlatform }").await;
+    assert_eq!(v["data"]["version"], crate::VERSION);
+    assert_eq!(v["data"]["defaultPlatform"], "linux/amd64");
+}
+
+#[tokio::test]
+async fn python_sdk_introspection_query_succeeds() {
+    let q = include_str!("../../../tests/fixtures/py-00-introspection-query.graphql");
+    let v = run(q).await;
+    assert!(v.get("errors").is_none(), "{v}");
+    let types = v["data"]["__schema"]["types"].as_array().unwrap();
+    let query = types.iter().find(|t| t["name"] == "Query").unwrap();
+    let names: Vec<_> = query["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"version") && names.contains(&"defaultPlatform"), "{names:?}");
+    assert!(types.iter().any(|t| t["name"] == "Platform" && t["kind"] == "SCALAR"));
+    assert_eq!(v["data"]["__schema"]["mutationType"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn aliases_name_the_response_keys() {
+    let v = run("{ v: version version: version p: defaultPlatform }").await;
+    assert_eq!(v["data"]["v"], crate::VERSION);
+    assert_eq!(v["data"]["version"], crate::VERSION);
+    assert_eq!(v["data"]["p"], "linux/amd64");
+}
+
+#[tokio::test]
+async fn unknown_field_is_an_error() {
+    let v = run("{ version nope }").await;
+    let msg = v["errors"][0]["message"].as_str().unwrap();
+    assert!(msg.contains("nope"), "{msg}");
+}
+
+#[tokio::test]
+async fn unknown_argument_and_missing_required_argument_are_errors() {
+    let v = run("{ version(verbose: true) }").await;
+    assert!(v["errors"][0]["message"].as_str().unwrap().contains("verbose"), "{v}");
+}
+
+// The leniency applies to any schema built through `Lenient`; this probe schema has the
+// argument types the real API uses (enums and IDs).
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(name = "CacheSharingMode")]
+enum Sharing {
+    Shared,
+    Locked,
+}
+
+struct Probe;
+
+#[Object]
+impl Probe {
+    async fn sharing(&self, mode: Sharing) -> bool {
+        mode == Sharing::Locked
+    }
+    async fn echo_id(&self, id: ID) -> String {
+        id.to_string()
+    }
+}
+
+#[tokio::test]
+async fn enum_and_id_arguments_are_lenient() {
+    let s = Lenient::build(|| Schema::build(Probe, EmptyMutation, EmptySubscription));
+    let q = r#"{ a: sharing(mode: LOCKED) b: sharing(mode: "LOCKED") c: echoId(id: 1002) d: echoId(id: "x") }"#;
+    let v = serde_json::to_value(s.execute(|| Request::new(q)).await).unwrap();
+    assert!(v.get("errors").is_none(), "{v}");
+    assert_eq!(v["data"]["a"], true);
+    assert_eq!(v["data"]["b"], true);
+    assert_eq!(v["data"]["c"], "1002");
+    assert_eq!(v["data"]["d"], "x");
+    let bad = s.execute(|| Request::new(r#"{ sharing(mode: "NOPE") }"#)).await;
+    let bad = serde_json::to_value(bad).unwrap();
+    assert!(bad["errors"][0]["message"].as_str().unwrap().contains("NOPE"), "{bad}");
+    let missing = serde_json::to_value(s.execute(|| Request::new("{ sharing }")).await).unwrap();
+    assert!(missing["errors"][0]["message"].as_str().unwrap().contains("mode"), "{missing}");
+    let typo = s.execute(|| Request::new(r#"{ sharing(mode: LOCKED, extra: 1) }"#)).await;
+    assert!(!typo.errors.is_empty(), "unknown arguments stay errors");
+}

@@ -1,0 +1,30 @@
+//! The Dagger-compatible engine runner.
+//!
+//! Layers depend in one direction only, from the bottom up:
+//!
+//! | layer | module | depends on |
+//! |---|---|---|
+//! | configuration | [`config`] | - |
+//! | OCI types | [`oci`] | - |
+//! | system calls (the only place for `unsafe`) | [`sys`] | - |
+//! | state directory (layout, lock, backing fs) | [`state`] | config, sys |
+//! | GraphQL API (thin resolvers) | [`api`] | state, oci, config |
+//! | server (listeners, HTTP) | [`server`] | api, config |
+//!
+//! Later layers (content store, archive, snapshotter, metadata and GC, registry and git sources,
+//! exec, solver) slot in between `state` and `api`; see `docs/architecture.md`.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod oci;
+pub mod server;
+pub mod state;
+pub mod sys;
+
+pub use error::{Error, ErrorKind};
+
+/// The engine's version, reported by `Query.version` and `dagger version`.
+pub const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));

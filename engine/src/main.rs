@@ -1,0 +1,160 @@
+//! `dagger-engine`: the daemon.
+
+use anyhow::Context as _;
+use clap::Parser;
+use dagger_engine::config::{self, Config, Overrides};
+use dagger_engine::state::{Snapshotter, StateDir};
+use dagger_engine::{api, oci, server, sys};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "dagger-engine", version = dagger_engine::VERSION, about = "The Dagger-compatible engine daemon")]
+struct Args {
+    /// Configuration file (BuildKit-style TOML).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// State directory; overrides `root` in the file.
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Listen address (unix:///PATH or tcp://HOST:PORT); repeatable; replaces `[grpc] address`.
+    #[arg(long = "addr", value_name = "ADDR")]
+    addr: Vec<String>,
+    /// Debug logging.
+    #[arg(long)]
+    debug: bool,
+    /// Trace logging.
+    #[arg(long)]
+    trace: bool,
+    /// Grant an entitlement (security.insecure, network.host); repeatable; replaces the file's list.
+    #[arg(long = "allow-insecure-entitlement", value_name = "ENTITLEMENT")]
+    allow_insecure_entitlement: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dagger-engine: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let explicit = args.config.is_some();
+    let config_path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
+    let loaded = Config::load(&config_path, explicit)?;
+    let mut config = loaded.config;
+    config.apply(&Overrides {
+        root: args.root,
+        addresses: args.addr,
+        debug: args.debug,
+        trace: args.trace,
+        allow_insecure_entitlements: args.allow_insecure_entitlement,
+    })?;
+    init_logging(&config);
+    match &loaded.source {
+        Some(path) => tracing::info!("config loaded from {}", path.display()),
+        None => tracing::info!(
+            "no config file at {}; using defaults",
+            config_path.display()
+        ),
+    }
+    for key in &loaded.unknown_keys {
+        tracing::warn!("{}: {key}", config_path.display());
+    }
+
+    if !sys::is_root() {
+        anyhow::bail!(
+            "dagger-engine must run as root (it mounts filesystems and runs containers); run it with sudo or as a privileged container"
+        );
+    }
+
+    let state = StateDir::open(&config.root, config.worker.snapshotter)?;
+    report_snapshotter(&state);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listeners = server::bind(&config.grpc).await?;
+        for l in &listeners {
+            if let server::Listener::Tcp { .. } = l {
+                tracing::warn!(
+                    "{} serves plaintext HTTP with no authentication: anyone who can reach it can run containers as root on this host; keep it on loopback or a trusted network",
+                    l.describe()
+                );
+            }
+        }
+        let api = api::Api::new(api::ApiState {
+            default_platform: oci::Platform::host(),
+        });
+        let names: Vec<String> = listeners.iter().map(|l| l.describe()).collect();
+        tracing::info!(
+            version = dagger_engine::VERSION,
+            root = %state.root().display(),
+            "engine ready, listening on {}",
+            names.join(", ")
+        );
+        server::serve(listeners, server::router(api), shutdown_signal()).await;
+        drop(state);
+        tracing::info!("engine stopped");
+        anyhow::Ok(())
+    })
+}
+
+fn init_logging(config: &Config) {
+    let level = if config.trace {
+        "trace"
+    } else if config.debug {
+        "debug"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DAGGER_ENGINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn report_snapshotter(state: &StateDir) {
+    let fs = state.backing_fs();
+    match state.snapshotter() {
+        Snapshotter::Overlayfs => tracing::info!(
+            "snapshotter: overlayfs (state directory on {})",
+            sys::fs_name(fs.magic)
+        ),
+        Snapshotter::Native {
+            fallback_reason: None,
+        } => tracing::info!("snapshotter: native (configured)"),
+        Snapshotter::Native {
+            fallback_reason: Some(reason),
+        } => tracing::warn!(
+            "state directory {root} cannot host overlay snapshots: {reason}. Falling back to the copying (native) snapshotter, which copies every image layer and every exec's filesystem: pulls and execs get much slower and use far more disk. Fix: give {root} its own volume, e.g. `docker run --privileged -v dagger-engine:/var/lib/dagger ...`, or a host directory on ext4/xfs (with d_type).",
+            root = state.root().display()
+        ),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the engine with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM"),
+        _ = int.recv() => tracing::info!("received SIGINT"),
+    }
+}
