@@ -1,1 +1,131 @@
-fn main(){}
+//! `dagger`: the command-line client.
+
+mod client;
+mod connect;
+mod runner_host;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));
+
+#[derive(Parser)]
+#[command(name = "dagger", version = VERSION, about = "Run Dagger pipelines on a Dagger-compatible engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the client and engine versions.
+    Version,
+    /// Send a GraphQL document to the engine and print the JSON result.
+    Query {
+        /// Read the document from FILE instead of standard input.
+        #[arg(long, value_name = "FILE")]
+        doc: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dagger: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dagger: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Version => version().await,
+        Command::Query { doc } => query(doc).await,
+    }
+}
+
+async fn version() -> anyhow::Result<ExitCode> {
+    let client = connect::connect().await?;
+    let answer = client.query("{ version defaultPlatform }").await?;
+    let data = &answer.body["data"];
+    let (Some(engine), Some(platform)) =
+        (data["version"].as_str(), data["defaultPlatform"].as_str())
+    else {
+        anyhow::bail!(
+            "the engine at {} did not report its version: {}",
+            client.endpoint,
+            answer.body
+        );
+    };
+    println!(
+        "dagger {VERSION} (engine {engine} at {}) {platform}",
+        client.endpoint
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn query(doc: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let document = match &doc {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("cannot read the query from standard input")?;
+            s
+        }
+    };
+    if document.trim().is_empty() {
+        anyhow::bail!("no query: pass a GraphQL document on standard input or with --doc FILE");
+    }
+    let client = connect::connect().await?;
+    let answer = client.query(&document).await?;
+    let data = &answer.body["data"];
+    if !data.is_null() {
+        println!("{}", serde_json::to_string_pretty(data)?);
+    }
+    let errors = answer.body["errors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if errors.is_empty() && answer.status < 400 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for e in &errors {
+        let msg = e["message"].as_str().unwrap_or("(no message)");
+        match e["path"].as_array() {
+            Some(path) if !path.is_empty() => {
+                let path: Vec<String> = path
+                    .iter()
+                    .map(|p| {
+                        p.as_str()
+                            .map(String::from)
+                            .unwrap_or_else(|| p.to_string())
+                    })
+                    .collect();
+                eprintln!("Error: {msg} (at {})", path.join("."))
+            }
+            _ => eprintln!("Error: {msg}"),
+        }
+    }
+    if errors.is_empty() {
+        eprintln!("Error: the engine answered HTTP {}", answer.status);
+    }
+    Ok(ExitCode::FAILURE)
+}

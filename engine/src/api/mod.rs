@@ -24,7 +24,9 @@ pub type Api = Lenient<QueryRoot, EmptyMutation, EmptySubscription>;
 impl Api {
     pub fn new(state: ApiState) -> Self {
         let state = std::sync::Arc::new(state);
-        Lenient::build(|| Schema::build(QueryRoot, EmptyMutation, EmptySubscription).data(state.clone()))
+        Lenient::build(|| {
+            Schema::build(QueryRoot, EmptyMutation, EmptySubscription).data(state.clone())
+        })
     }
 }
 

@@ -13,6 +13,10 @@ impl QueryRoot {
 
     /// The default platform of the engine.
     async fn default_platform(&self, ctx: &Context<'_>) -> PlatformScalar {
-        PlatformScalar(ctx.data_unchecked::<std::sync::Arc<ApiState>>().default_platform.clone())
+        PlatformScalar(
+            ctx.data_unchecked::<std::sync::Arc<ApiState>>()
+                .default_platform
+                .clone(),
+        )
     }
 }

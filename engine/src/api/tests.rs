@@ -31,9 +31,17 @@ async fn python_sdk_introspection_query_succeeds() {
         .iter()
         .map(|f| f["name"].as_str().unwrap())
         .collect();
-    assert!(names.contains(&"version") && names.contains(&"defaultPlatform"), "{names:?}");
-    assert!(types.iter().any(|t| t["name"] == "Platform" && t["kind"] == "SCALAR"));
-    assert_eq!(v["data"]["__schema"]["mutationType"], serde_json::Value::Null);
+    assert!(
+        names.contains(&"version") && names.contains(&"defaultPlatform"),
+        "{names:?}"
+    );
+    assert!(types
+        .iter()
+        .any(|t| t["name"] == "Platform" && t["kind"] == "SCALAR"));
+    assert_eq!(
+        v["data"]["__schema"]["mutationType"],
+        serde_json::Value::Null
+    );
 }
 
 #[tokio::test]
@@ -54,7 +62,13 @@ async fn unknown_field_is_an_error() {
 #[tokio::test]
 async fn unknown_argument_and_missing_required_argument_are_errors() {
     let v = run("{ version(verbose: true) }").await;
-    assert!(v["errors"][0]["message"].as_str().unwrap().contains("verbose"), "{v}");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("verbose"),
+        "{v}"
+    );
 }
 
 // The leniency applies to any schema built through `Lenient`; this probe schema has the
@@ -88,11 +102,27 @@ async fn enum_and_id_arguments_are_lenient() {
     assert_eq!(v["data"]["b"], true);
     assert_eq!(v["data"]["c"], "1002");
     assert_eq!(v["data"]["d"], "x");
-    let bad = s.execute(|| Request::new(r#"{ sharing(mode: "NOPE") }"#)).await;
+    let bad = s
+        .execute(|| Request::new(r#"{ sharing(mode: "NOPE") }"#))
+        .await;
     let bad = serde_json::to_value(bad).unwrap();
-    assert!(bad["errors"][0]["message"].as_str().unwrap().contains("NOPE"), "{bad}");
+    assert!(
+        bad["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("NOPE"),
+        "{bad}"
+    );
     let missing = serde_json::to_value(s.execute(|| Request::new("{ sharing }")).await).unwrap();
-    assert!(missing["errors"][0]["message"].as_str().unwrap().contains("mode"), "{missing}");
-    let typo = s.execute(|| Request::new(r#"{ sharing(mode: LOCKED, extra: 1) }"#)).await;
+    assert!(
+        missing["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mode"),
+        "{missing}"
+    );
+    let typo = s
+        .execute(|| Request::new(r#"{ sharing(mode: LOCKED, extra: 1) }"#))
+        .await;
     assert!(!typo.errors.is_empty(), "unknown arguments stay errors");
 }

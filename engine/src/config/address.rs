@@ -22,11 +22,13 @@ impl ListenAddr {
         }
         if let Some(hostport) = s.strip_prefix("tcp://") {
             let hostport = hostport.trim_end_matches('/');
-            let (host, port) = hostport
-                .rsplit_once(':')
-                .ok_or_else(|| format!("{s:?}: a tcp address needs a port, as in tcp://127.0.0.1:1234"))?;
+            let (host, port) = hostport.rsplit_once(':').ok_or_else(|| {
+                format!("{s:?}: a tcp address needs a port, as in tcp://127.0.0.1:1234")
+            })?;
             if host.is_empty() {
-                return Err(format!("{s:?}: a tcp address needs a host, as in tcp://0.0.0.0:1234"));
+                return Err(format!(
+                    "{s:?}: a tcp address needs a host, as in tcp://0.0.0.0:1234"
+                ));
             }
             port.parse::<u16>()
                 .map_err(|_| format!("{s:?}: {port:?} is not a port number"))?;

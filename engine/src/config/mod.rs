@@ -316,14 +316,15 @@ impl Config {
                 }
             })
             .collect();
-        let config = file.resolve(&|key: &str, span: std::ops::Range<usize>, message: String| {
-            ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: Some(locator.line_of(span.start)),
-                key: Some(key.to_string()),
-                message,
-            }
-        })?;
+        let config =
+            file.resolve(
+                &|key: &str, span: std::ops::Range<usize>, message: String| ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line: Some(locator.line_of(span.start)),
+                    key: Some(key.to_string()),
+                    message,
+                },
+            )?;
         Ok((config, unknown_keys))
     }
 

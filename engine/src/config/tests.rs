@@ -99,13 +99,19 @@ fn every_key_is_parsed() {
     assert_eq!(tls.ca, Some(PathBuf::from("/etc/dagger/tls/ca.pem")));
 
     let hub = &c.registries["docker.io"];
-    assert_eq!(hub.mirrors, vec!["mirror.example.com", "127.0.0.1:5000/dockerhub"]);
+    assert_eq!(
+        hub.mirrors,
+        vec!["mirror.example.com", "127.0.0.1:5000/dockerhub"]
+    );
     assert_eq!(hub.http, None);
     let local = &c.registries["127.0.0.1:5000"];
     assert_eq!(local.http, Some(true));
     assert!(local.insecure);
     assert_eq!(local.ca, vec![PathBuf::from("/etc/dagger/certs/ca.pem")]);
-    assert_eq!(local.tls_config_dirs, vec![PathBuf::from("/etc/dagger/certs.d")]);
+    assert_eq!(
+        local.tls_config_dirs,
+        vec![PathBuf::from("/etc/dagger/certs.d")]
+    );
     assert_eq!(
         local.keypairs,
         vec![KeyPair {
@@ -126,7 +132,10 @@ fn every_key_is_parsed() {
     assert_eq!(w.gc_policies.len(), 2);
     let p0 = &w.gc_policies[0];
     assert!(!p0.all);
-    assert_eq!(p0.filters, vec!["type==source.local", "type==exec.cachemount"]);
+    assert_eq!(
+        p0.filters,
+        vec!["type==source.local", "type==exec.cachemount"]
+    );
     assert_eq!(
         p0.keep_duration,
         Some(ConfigDuration(std::time::Duration::from_secs(48 * 3600)))
@@ -176,7 +185,10 @@ fn unknown_keys_are_warnings_with_lines() {
     assert!(c.debug);
     let keys: Vec<_> = unknown.iter().map(|u| (u.key.as_str(), u.line)).collect();
     assert!(keys.contains(&("frobnicate", Some(2))), "{keys:?}");
-    assert!(keys.contains(&("worker.oci.networkMode", Some(4))), "{keys:?}");
+    assert!(
+        keys.contains(&("worker.oci.networkMode", Some(4))),
+        "{keys:?}"
+    );
     assert!(keys.contains(&("log", Some(5))), "{keys:?}");
     assert_eq!(
         unknown[0].to_string(),
@@ -188,7 +200,10 @@ fn unknown_keys_are_warnings_with_lines() {
 fn syntax_error_names_line() {
     let (line, _key, _msg, shown) = invalid("debug = true\n[grpc\naddress = []\n");
     assert_eq!(line, Some(2));
-    assert!(shown.starts_with("invalid config file /etc/dagger/engine.toml, line 2"), "{shown}");
+    assert!(
+        shown.starts_with("invalid config file /etc/dagger/engine.toml, line 2"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -210,8 +225,9 @@ fn bad_disk_size_names_key_and_line() {
 
 #[test]
 fn bad_duration_in_policy_names_key_and_line() {
-    let (line, key, msg, _) =
-        invalid("[[worker.oci.gcpolicy]]\nall = true\n[[worker.oci.gcpolicy]]\nkeepDuration = \"2 days\"\n");
+    let (line, key, msg, _) = invalid(
+        "[[worker.oci.gcpolicy]]\nall = true\n[[worker.oci.gcpolicy]]\nkeepDuration = \"2 days\"\n",
+    );
     assert_eq!(line, Some(4));
     assert_eq!(key.as_deref(), Some("worker.oci.gcpolicy[1].keepDuration"));
     assert!(msg.contains("invalid duration"), "{msg}");
@@ -219,7 +235,8 @@ fn bad_duration_in_policy_names_key_and_line() {
 
 #[test]
 fn bad_entitlement_names_key_and_line() {
-    let (line, key, msg, _) = invalid("debug = false\ninsecure-entitlements = [\"security.insecure\", \"device\"]\n");
+    let (line, key, msg, _) =
+        invalid("debug = false\ninsecure-entitlements = [\"security.insecure\", \"device\"]\n");
     assert_eq!(line, Some(2));
     assert_eq!(key.as_deref(), Some("insecure-entitlements"));
     assert!(msg.contains("unknown entitlement \"device\""), "{msg}");
@@ -231,13 +248,33 @@ fn bad_values_are_rejected() {
         ("[grpc]\naddress = [\"http://x\"]\n", "grpc.address", 2),
         ("[grpc]\naddress = []\n", "grpc.address", 2),
         ("[grpc.tls]\ncert = \"/c.pem\"\n", "grpc.tls", 1),
-        ("[worker.oci]\nsnapshotter = \"stargz\"\n", "worker.oci.snapshotter", 2),
-        ("[worker.oci]\nmax-parallelism = 0\n", "worker.oci.max-parallelism", 2),
+        (
+            "[worker.oci]\nsnapshotter = \"stargz\"\n",
+            "worker.oci.snapshotter",
+            2,
+        ),
+        (
+            "[worker.oci]\nmax-parallelism = 0\n",
+            "worker.oci.max-parallelism",
+            2,
+        ),
         ("[worker.oci]\nbinary = \"\"\n", "worker.oci.binary", 2),
-        ("[dns]\nnameservers = [\"8.8.8.8\", \"dns.example\"]\n", "dns.nameservers", 2),
+        (
+            "[dns]\nnameservers = [\"8.8.8.8\", \"dns.example\"]\n",
+            "dns.nameservers",
+            2,
+        ),
         ("root = \"relative/dir\"\n", "root", 1),
-        ("[registry.\"docker.io\"]\nmirrors = [\"https://mirror\"]\n", "registry.\"docker.io\".mirrors", 2),
-        ("[worker.oci]\nreservedSpace = -5\n", "worker.oci.reservedSpace", 2),
+        (
+            "[registry.\"docker.io\"]\nmirrors = [\"https://mirror\"]\n",
+            "registry.\"docker.io\".mirrors",
+            2,
+        ),
+        (
+            "[worker.oci]\nreservedSpace = -5\n",
+            "worker.oci.reservedSpace",
+            2,
+        ),
         ("[grpc]\nuid = -1\n", "grpc.uid", 2),
     ];
     for (text, want_key, want_line) in cases {
@@ -259,7 +296,10 @@ fn flags_override_the_file() {
     })
     .unwrap();
     assert_eq!(c.root, PathBuf::from("/tmp/state"));
-    assert_eq!(c.grpc.addresses, vec![ListenAddr::Tcp("127.0.0.1:9999".into())]);
+    assert_eq!(
+        c.grpc.addresses,
+        vec![ListenAddr::Tcp("127.0.0.1:9999".into())]
+    );
     assert!(c.debug, "a flag that is not set keeps the file's value");
     assert!(c.trace);
     assert!(!c.allows(Entitlement::SecurityInsecure));
@@ -271,7 +311,10 @@ fn flags_override_the_file() {
             ..Default::default()
         })
         .unwrap_err();
-    assert!(err.to_string().contains("--allow-insecure-entitlement"), "{err}");
+    assert!(
+        err.to_string().contains("--allow-insecure-entitlement"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -30,7 +30,10 @@ impl Platform {
         if parts.iter().any(|p| p.is_empty()) {
             return Err(err("expected os/arch[/variant]"));
         }
-        let valid = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let valid = |s: &str| {
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
         if !parts.iter().all(|p| valid(p)) {
             return Err(err("only letters, digits, '_' and '-' are allowed"));
         }

@@ -81,7 +81,11 @@ pub async fn bind(grpc: &GrpcConfig) -> Result<Vec<Listener>, ServerError> {
     Ok(bound)
 }
 
-async fn bind_unix(path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<Listener, ServerError> {
+async fn bind_unix(
+    path: &Path,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Result<Listener, ServerError> {
     let addr = format!("unix://{}", path.display());
     let bind_err = |source| ServerError::Bind {
         addr: addr.clone(),
@@ -99,11 +103,12 @@ async fn bind_unix(path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<Li
         std::fs::remove_file(path).map_err(bind_err)?;
     }
     let inner = UnixListener::bind(path).map_err(bind_err)?;
-    let setup = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .and_then(|_| match (uid, gid) {
+    let setup = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).and_then(
+        |_| match (uid, gid) {
             (None, None) => Ok(()),
             _ => crate::sys::chown(path, uid, gid),
-        });
+        },
+    );
     if let Err(e) = setup {
         let _ = std::fs::remove_file(path);
         return Err(bind_err(e));

@@ -49,7 +49,9 @@ impl Classify for StateError {
 pub enum Snapshotter {
     Overlayfs,
     /// The copying snapshotter, with why overlay could not be used (if it was not chosen).
-    Native { fallback_reason: Option<String> },
+    Native {
+        fallback_reason: Option<String>,
+    },
 }
 
 /// What the probe of the backing filesystem found.

@@ -168,7 +168,11 @@ mod tests {
     fn tmp_dirs_report_d_type() {
         let dir = tempfile::tempdir().unwrap();
         assert!(supports_d_type(dir.path()).unwrap());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "probe cleaned up");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "probe cleaned up"
+        );
         assert_ne!(fs_magic(dir.path()).unwrap(), magic::OVERLAYFS);
         assert!(fs_total_bytes(dir.path()).unwrap() > 0);
     }

@@ -1,0 +1,110 @@
+//! A small GraphQL-over-HTTP client for the engine's unix and tcp listeners.
+
+use anyhow::{anyhow, Context as _};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+
+/// How the CLI reaches an engine's HTTP endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    /// `HOST:PORT`.
+    Tcp(String),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
+            Endpoint::Tcp(hp) => write!(f, "tcp://{hp}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub endpoint: Endpoint,
+}
+
+/// The engine's JSON answer with the HTTP status it came with.
+pub struct Answer {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl Client {
+    pub fn new(endpoint: Endpoint) -> Self {
+        Client { endpoint }
+    }
+
+    /// Sends one GraphQL document and returns the JSON answer, whatever its status.
+    pub async fn query(&self, document: &str) -> anyhow::Result<Answer> {
+        let body = serde_json::to_vec(&serde_json::json!({ "query": document }))?;
+        let (status, bytes) = match &self.endpoint {
+            Endpoint::Unix(path) => {
+                let stream = UnixStream::connect(path).await.with_context(|| {
+                    format!("cannot connect to the engine at {}", self.endpoint)
+                })?;
+                post(stream, "localhost", body).await?
+            }
+            Endpoint::Tcp(hostport) => {
+                let stream = TcpStream::connect(hostport).await.with_context(|| {
+                    format!("cannot connect to the engine at {}", self.endpoint)
+                })?;
+                post(stream, hostport, body).await?
+            }
+        };
+        let body = serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "the engine at {} answered HTTP {status} with a body that is not JSON: {}",
+                self.endpoint,
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            )
+        })?;
+        Ok(Answer { status, body })
+    }
+
+    /// Whether an engine answers `{ version }` here within `timeout`.
+    pub async fn probe(&self, timeout: Duration) -> Option<String> {
+        let answer = tokio::time::timeout(timeout, self.query("{ version }"))
+            .await
+            .ok()?
+            .ok()?;
+        answer.body["data"]["version"].as_str().map(String::from)
+    }
+}
+
+async fn post<S>(stream: S, host: &str, body: Vec<u8>) -> anyhow::Result<(u16, Bytes)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP handshake with the engine failed")?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let request = Request::post("/query")
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::ACCEPT, "application/json")
+        .body(Full::new(Bytes::from(body)))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| anyhow!("the engine closed the connection: {e}"))?;
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .context("reading the engine's answer")?
+        .to_bytes();
+    Ok((status, bytes))
+}
