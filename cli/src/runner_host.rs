@@ -107,9 +107,11 @@ impl RunnerHost {
                         "context" => &mut context,
                         "namespace" => &mut namespace,
                         "container" => &mut container,
-                        other => return err(format!(
+                        other => {
+                            return err(format!(
                             "unknown parameter {other:?}: expected context, namespace or container"
-                        )),
+                        ))
+                        }
                     };
                     if v.is_empty() {
                         return err(format!("parameter {k:?} is empty"));
