@@ -486,9 +486,11 @@ type InvalidAt<'a> = dyn Fn(&str, std::ops::Range<usize>, String) -> ConfigError
 impl FileConfig {
     /// Checks the values serde cannot check and builds the effective configuration.
     fn resolve(self, invalid: &InvalidAt<'_>) -> Result<Config, ConfigError> {
-        let mut cfg = Config::default();
-        cfg.debug = self.debug.unwrap_or(false);
-        cfg.trace = self.trace.unwrap_or(false);
+        let mut cfg = Config {
+            debug: self.debug.unwrap_or(false),
+            trace: self.trace.unwrap_or(false),
+            ..Config::default()
+        };
         if let Some(root) = self.root {
             let p = Path::new(root.get_ref());
             if !p.is_absolute() {

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs the system packages the engine, the CLI and the test suite need on Debian 12, as root.
+# Safe to re-run: apt runs only when something is missing.
+set -euo pipefail
+
+PACKAGES=(
+  ca-certificates   # TLS roots for registries
+  git               # git sources
+  runc              # container execution
+  util-linux        # mount, unshare, setpriv (tests)
+  mount
+  python3           # the Python SDK tests
+  python3-venv
+  curl
+)
+
+if [[ $(id -u) != 0 ]]; then
+  echo "install-deps: run as root (it installs Debian packages)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Rust toolchain comes from rustup (Debian's cargo is too old for this workspace).
+if ! command -v cargo >/dev/null 2>&1 && [[ -x $HOME/.cargo/bin/cargo ]]; then
+  echo "install-deps: add \$HOME/.cargo/bin to PATH" >&2
+fi
+if ! command -v cargo >/dev/null 2>&1 && ! [[ -x $HOME/.cargo/bin/cargo ]]; then
+  echo "install-deps: cargo not found; install a Rust toolchain (https://rustup.rs) first" >&2
+  exit 1
+fi

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, as root on Debian 12: installs what the tests need (Debian packages and
+# the pinned SDKs in tests/sdk/), checks formatting and lints, builds, and runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+if [[ $(id -u) != 0 ]]; then
+  echo "test.sh: the end-to-end tests start the real engine, which needs root" >&2
+  exit 1
+fi
+
+scripts/install-deps.sh
+
+# The real Python SDK, pinned in tests/sdk/requirements.txt.
+venv=.test-venv
+if [[ ! -x $venv/bin/python ]] || ! cmp -s tests/sdk/requirements.txt "$venv/.requirements"; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r tests/sdk/requirements.txt
+  cp tests/sdk/requirements.txt "$venv/.requirements"
+fi
+
+cargo fmt --all -- --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo build --locked --workspace --bins
+cargo test --locked --workspace
