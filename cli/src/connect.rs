@@ -6,7 +6,7 @@ use crate::runner_host::{RunnerHost, RUNNER_HOST_ENV};
 use anyhow::{bail, Context as _};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const DEFAULT_SOCKET: &str = "/run/dagger/engine.sock";
@@ -46,8 +46,8 @@ async fn embedded_default() -> anyhow::Result<Client> {
         );
     }
     let engine = find_engine_binary()?;
-    start_engine(&engine)?;
-    wait_until_ready(&client).await?;
+    let child = start_engine(&engine)?;
+    wait_until_ready(&client, child).await?;
     Ok(client)
 }
 
@@ -67,7 +67,7 @@ fn find_engine_binary() -> anyhow::Result<PathBuf> {
         .context("no engine is running and no dagger-engine binary was found next to dagger or on PATH; install dagger-engine or set _EXPERIMENTAL_DAGGER_RUNNER_HOST")
 }
 
-fn start_engine(engine: &Path) -> anyhow::Result<()> {
+fn start_engine(engine: &Path) -> anyhow::Result<Child> {
     let log_path = Path::new(ENGINE_LOG);
     if let Some(dir) = log_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -93,27 +93,46 @@ fn start_engine(engine: &Path) -> anyhow::Result<()> {
         let _ = std::fs::create_dir_all(dir);
     }
     let _ = std::fs::write(ENGINE_PID_FILE, format!("{}\n", child.id()));
-    // Dropping the handle neither waits for nor kills the engine: it outlives this command.
-    drop(child);
-    Ok(())
+    // Dropping the handle later neither waits for nor kills the engine: it outlives this command.
+    Ok(child)
 }
 
-async fn wait_until_ready(client: &Client) -> anyhow::Result<()> {
+/// Waits for the engine to answer. If the one we started exits first, another engine may
+/// have won a start-up race (it then answers shortly); otherwise its log says why.
+async fn wait_until_ready(client: &Client, mut child: Child) -> anyhow::Result<()> {
     let started = Instant::now();
+    let mut exited_at = None;
     while started.elapsed() < START_TIMEOUT {
         if client.probe(Duration::from_secs(2)).await.is_some() {
             return Ok(());
         }
+        if exited_at.is_none() {
+            if let Ok(Some(status)) = child.try_wait() {
+                exited_at = Some((Instant::now(), status));
+            }
+        }
+        if let Some((at, status)) = exited_at {
+            if at.elapsed() > Duration::from_secs(3) {
+                bail!(
+                    "the local engine exited ({status}) before answering; last lines of {ENGINE_LOG}:\n{}",
+                    log_tail()
+                );
+            }
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let tail = std::fs::read_to_string(ENGINE_LOG)
+    bail!(
+        "the local engine did not answer at unix://{DEFAULT_SOCKET} within {}s (does /etc/dagger/engine.toml leave that socket out of [grpc] address?); last lines of {ENGINE_LOG}:\n{}",
+        START_TIMEOUT.as_secs(),
+        log_tail()
+    )
+}
+
+fn log_tail() -> String {
+    std::fs::read_to_string(ENGINE_LOG)
         .map(|s| {
             let lines: Vec<&str> = s.lines().collect();
             lines[lines.len().saturating_sub(10)..].join("\n")
         })
-        .unwrap_or_default();
-    bail!(
-        "the local engine did not answer at unix://{DEFAULT_SOCKET} within {}s; last lines of {ENGINE_LOG}:\n{tail}",
-        START_TIMEOUT.as_secs()
-    )
+        .unwrap_or_default()
 }

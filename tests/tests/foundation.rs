@@ -543,3 +543,49 @@ echo EMBEDDED-OK
     assert!(so.contains("dagger v"), "{so}");
     assert!(so.contains("\"version\""), "{so}");
 }
+
+/// When the engine the CLI starts cannot run, the CLI fails quickly and shows why.
+#[test]
+fn embedded_default_reports_an_engine_that_cannot_start() {
+    require_root();
+    for d in [
+        "/run/dagger",
+        "/var/lib/dagger",
+        "/var/log/dagger",
+        "/etc/dagger",
+    ] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let script = r#"
+set -eu
+for d in /run/dagger /var/lib/dagger /var/log/dagger /etc/dagger; do mount -t tmpfs tmpfs "$d"; done
+printf 'debug = true\n[worker.oci]\nmax-parallelism = "many"\n' > /etc/dagger/engine.toml
+if "$DAGGER" version 2>err; then echo "version succeeded"; exit 1; fi
+cat err
+"#;
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .current_dir(dir.path())
+        .env("DAGGER", bin("dagger"))
+        .env_remove("_EXPERIMENTAL_DAGGER_RUNNER_HOST")
+        .output()
+        .unwrap();
+    let so = stdout(&out);
+    assert!(out.status.success(), "{so}\n{}", stderr(&out));
+    assert!(so.contains("exited"), "{so}");
+    assert!(
+        so.contains("worker.oci.max-parallelism"),
+        "the engine's own error is shown: {so}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "failed fast");
+}

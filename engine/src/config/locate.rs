@@ -1,7 +1,65 @@
 //! Maps byte offsets and key paths in a TOML document to line numbers and dotted key names,
 //! so every configuration error and warning can say where it is.
 
+use std::fmt::Write as _;
 use toml_edit::{ImDocument, Item, Table, Value};
+
+/// One step of a key path: a table key, or an index into an array of tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KeySegment {
+    Key(String),
+    Index(usize),
+}
+
+/// Writes a key path the way users write keys: `worker.oci.gcpolicy[1].keepDuration`,
+/// `registry."docker.io".mirrors`.
+pub(crate) fn format_key_path(path: &[KeySegment]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            KeySegment::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                let bare = !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                if bare {
+                    out.push_str(k);
+                } else {
+                    let _ = write!(out, "{k:?}");
+                }
+            }
+            KeySegment::Index(i) => {
+                let _ = write!(out, "[{i}]");
+            }
+        }
+    }
+    out
+}
+
+/// Converts serde_ignored's path, dropping the wrapper steps that `Option` and `Spanned` add.
+pub(crate) fn segments_of(path: &serde_ignored::Path) -> Vec<KeySegment> {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => Vec::new(),
+        Path::Seq { parent, index } => {
+            let mut v = segments_of(parent);
+            v.push(KeySegment::Index(*index));
+            v
+        }
+        Path::Map { parent, key } => {
+            let mut v = segments_of(parent);
+            if !key.starts_with("$__serde_spanned_private") {
+                v.push(KeySegment::Key(key.clone()));
+            }
+            v
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => segments_of(parent),
+    }
+}
 
 pub(crate) struct Locator<'a> {
     raw: &'a str,
@@ -25,24 +83,24 @@ impl<'a> Locator<'a> {
             + 1
     }
 
-    /// The dotted path of the innermost key whose value contains `offset`.
+    /// The path of the innermost key whose value contains `offset`.
     pub(crate) fn key_at(&self, offset: usize) -> Option<String> {
         let doc = self.doc.as_ref()?;
         let mut path = Vec::new();
         table_key_at(doc.as_table(), offset, &mut path);
-        (!path.is_empty()).then(|| path.join("."))
+        (!path.is_empty()).then(|| format_key_path(&path))
     }
 
     /// The line where the key at `path` is written (serde_ignored's path segments; array
     /// elements are numeric segments).
-    pub(crate) fn line_of_key(&self, path: &[String]) -> Option<usize> {
+    pub(crate) fn line_of_key(&self, path: &[KeySegment]) -> Option<usize> {
         let doc = self.doc.as_ref()?;
         offset_in_table(doc.as_table(), path, None).map(|o| self.line_of(o))
     }
 }
 
-fn offset_in_table(t: &Table, path: &[String], best: Option<usize>) -> Option<usize> {
-    let Some((seg, rest)) = path.split_first() else {
+fn offset_in_table(t: &Table, path: &[KeySegment], best: Option<usize>) -> Option<usize> {
+    let Some((KeySegment::Key(seg), rest)) = path.split_first() else {
         return best;
     };
     match t.get_key_value(seg) {
@@ -51,17 +109,17 @@ fn offset_in_table(t: &Table, path: &[String], best: Option<usize>) -> Option<us
     }
 }
 
-fn offset_in_item(item: &Item, path: &[String], best: Option<usize>) -> Option<usize> {
+fn offset_in_item(item: &Item, path: &[KeySegment], best: Option<usize>) -> Option<usize> {
     let Some((seg, rest)) = path.split_first() else {
         return best;
     };
-    match item {
-        Item::Table(t) => offset_in_table(t, path, best),
-        Item::Value(Value::InlineTable(t)) => match t.get_key_value(seg) {
+    match (item, seg) {
+        (Item::Table(t), KeySegment::Key(_)) => offset_in_table(t, path, best),
+        (Item::Value(Value::InlineTable(t)), KeySegment::Key(k)) => match t.get_key_value(k) {
             Some((k, v)) => offset_in_item(v, rest, k.span().map(|s| s.start).or(best)),
             None => best,
         },
-        Item::ArrayOfTables(a) => match seg.parse::<usize>().ok().and_then(|i| a.get(i)) {
+        (Item::ArrayOfTables(a), KeySegment::Index(i)) => match a.get(*i) {
             Some(t) => offset_in_table(t, rest, t.span().map(|s| s.start).or(best)),
             None => best,
         },
@@ -73,33 +131,35 @@ fn contains(span: Option<std::ops::Range<usize>>, offset: usize) -> bool {
     span.is_some_and(|s| s.start <= offset && offset < s.end.max(s.start + 1))
 }
 
-fn table_key_at(table: &Table, offset: usize, path: &mut Vec<String>) -> bool {
+fn table_key_at(table: &Table, offset: usize, path: &mut Vec<KeySegment>) -> bool {
     for (key, item) in table.iter() {
         let key_span = table.key(key).and_then(|k| k.span());
         match item {
             Item::Table(t) => {
-                path.push(key.to_string());
+                path.push(KeySegment::Key(key.to_string()));
                 if table_key_at(t, offset, path) {
                     return true;
                 }
                 path.pop();
             }
             Item::ArrayOfTables(a) => {
+                path.push(KeySegment::Key(key.to_string()));
                 for (i, t) in a.iter().enumerate() {
-                    path.push(format!("{key}[{i}]"));
+                    path.push(KeySegment::Index(i));
                     if table_key_at(t, offset, path) || contains(t.span(), offset) {
                         return true;
                     }
                     path.pop();
                 }
+                path.pop();
             }
             Item::Value(v) => {
                 if contains(v.span(), offset) || contains(key_span, offset) {
-                    path.push(key.to_string());
+                    path.push(KeySegment::Key(key.to_string()));
                     if let Value::InlineTable(it) = v {
                         for (k, iv) in it.iter() {
                             if contains(iv.span(), offset) {
-                                path.push(k.to_string());
+                                path.push(KeySegment::Key(k.to_string()));
                                 break;
                             }
                         }
@@ -129,12 +189,35 @@ mod tests {
         assert_eq!(l.key_at(off).as_deref(), Some("worker.oci.gcpolicy[0].foo"));
     }
 
+    fn k(s: &str) -> KeySegment {
+        KeySegment::Key(s.into())
+    }
+
     #[test]
     fn line_of_key_path() {
         let l = Locator::new(DOC);
-        let p = |s: &str| s.split('.').map(String::from).collect::<Vec<_>>();
-        assert_eq!(l.line_of_key(&p("debug")), Some(1));
-        assert_eq!(l.line_of_key(&p("worker.oci.gckeepstorage")), Some(4));
-        assert_eq!(l.line_of_key(&p("worker.oci.gcpolicy.0.foo")), Some(8));
+        assert_eq!(l.line_of_key(&[k("debug")]), Some(1));
+        assert_eq!(
+            l.line_of_key(&[k("worker"), k("oci"), k("gckeepstorage")]),
+            Some(4)
+        );
+        let policy = [
+            k("worker"),
+            k("oci"),
+            k("gcpolicy"),
+            KeySegment::Index(0),
+            k("foo"),
+        ];
+        assert_eq!(l.line_of_key(&policy), Some(8));
+        assert_eq!(format_key_path(&policy), "worker.oci.gcpolicy[0].foo");
+        let reg = "[registry.\"docker.io\"]\nhttp = true\n";
+        let l = Locator::new(reg);
+        let path = [k("registry"), k("docker.io"), k("http")];
+        assert_eq!(l.line_of_key(&path), Some(2));
+        assert_eq!(format_key_path(&path), "registry.\"docker.io\".http");
+        assert_eq!(
+            l.key_at(reg.find("true").unwrap()).as_deref(),
+            Some("registry.\"docker.io\".http")
+        );
     }
 }

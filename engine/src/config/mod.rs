@@ -12,7 +12,7 @@ pub use address::ListenAddr;
 pub use units::{ConfigDuration, DiskSpace};
 
 use crate::error::{Classify, ErrorKind};
-use locate::Locator;
+use locate::{format_key_path, segments_of, KeySegment, Locator};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -296,7 +296,7 @@ impl Config {
         let locator = Locator::new(text);
         let mut ignored = Vec::new();
         let de = toml::Deserializer::new(text);
-        let file: FileConfig = serde_ignored::deserialize(de, |p| ignored.push(p.to_string()))
+        let file: FileConfig = serde_ignored::deserialize(de, |p| ignored.push(segments_of(&p)))
             .map_err(|e| {
                 let offset = e.span().map(|s| s.start);
                 ConfigError::Invalid {
@@ -308,23 +308,23 @@ impl Config {
             })?;
         let unknown_keys = ignored
             .into_iter()
-            .map(|key| {
-                let segments: Vec<String> = key.split('.').map(String::from).collect();
-                UnknownKey {
-                    line: locator.line_of_key(&segments),
-                    key,
-                }
+            .map(|segments| UnknownKey {
+                line: locator.line_of_key(&segments),
+                key: format_key_path(&segments),
             })
             .collect();
-        let config =
-            file.resolve(
-                &|key: &str, span: std::ops::Range<usize>, message: String| ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    line: Some(locator.line_of(span.start)),
-                    key: Some(key.to_string()),
-                    message,
-                },
-            )?;
+        let config = file.resolve(&|key: &str, at: At, message: String| {
+            let line = match at {
+                At::Span(span) => Some(locator.line_of(span.start)),
+                At::Key(segments) => locator.line_of_key(&segments),
+            };
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                key: Some(key.to_string()),
+                message,
+            }
+        })?;
         Ok((config, unknown_keys))
     }
 
@@ -481,7 +481,19 @@ struct FileDns {
     search_domains: Vec<String>,
 }
 
-type InvalidAt<'a> = dyn Fn(&str, std::ops::Range<usize>, String) -> ConfigError + 'a;
+/// Where a bad value was written: the span of the value, or the path of its key.
+enum At {
+    Span(std::ops::Range<usize>),
+    Key(Vec<KeySegment>),
+}
+
+impl From<std::ops::Range<usize>> for At {
+    fn from(span: std::ops::Range<usize>) -> Self {
+        At::Span(span)
+    }
+}
+
+type InvalidAt<'a> = dyn Fn(&str, At, String) -> ConfigError + 'a;
 
 impl FileConfig {
     /// Checks the values serde cannot check and builds the effective configuration.
@@ -496,7 +508,7 @@ impl FileConfig {
             if !p.is_absolute() {
                 return Err(invalid(
                     "root",
-                    root.span(),
+                    root.span().into(),
                     format!("{:?} must be an absolute path", root.get_ref()),
                 ));
             }
@@ -509,7 +521,7 @@ impl FileConfig {
                 .iter()
                 .map(|e| Entitlement::parse(e))
                 .collect::<Result<_, _>>()
-                .map_err(|m| invalid("insecure-entitlements", span, m))?;
+                .map_err(|m| invalid("insecure-entitlements", span.clone().into(), m))?;
         }
 
         if let Some(addrs) = self.grpc.address {
@@ -518,7 +530,7 @@ impl FileConfig {
             if list.is_empty() {
                 return Err(invalid(
                     "grpc.address",
-                    span,
+                    span.into(),
                     "at least one address is required".into(),
                 ));
             }
@@ -526,7 +538,7 @@ impl FileConfig {
                 .iter()
                 .map(|a| ListenAddr::parse(a))
                 .collect::<Result<_, _>>()
-                .map_err(|m| invalid("grpc.address", span, m))?;
+                .map_err(|m| invalid("grpc.address", span.clone().into(), m))?;
         }
         cfg.grpc.uid = self.grpc.uid;
         cfg.grpc.gid = self.grpc.gid;
@@ -543,7 +555,7 @@ impl FileConfig {
                 _ => {
                     return Err(invalid(
                         "grpc.tls",
-                        span,
+                        span.into(),
                         "you must specify key and cert file if one is specified".into(),
                     ))
                 }
@@ -552,10 +564,13 @@ impl FileConfig {
 
         for (host, reg) in self.registry {
             if host.is_empty() || host.contains('/') || host.contains("://") {
-                let span = reg.mirrors.first().map(|m| m.span()).unwrap_or(0..0);
+                let key = vec![
+                    KeySegment::Key("registry".into()),
+                    KeySegment::Key(host.clone()),
+                ];
                 return Err(invalid(
-                    &format!("registry.\"{host}\""),
-                    span,
+                    &format_key_path(&key),
+                    At::Key(key),
                     format!("{host:?} is not a registry host: write it as HOST or HOST:PORT"),
                 ));
             }
@@ -564,8 +579,12 @@ impl FileConfig {
                 let value = m.get_ref().trim().to_string();
                 if value.is_empty() || value.contains("://") {
                     return Err(invalid(
-                        &format!("registry.\"{host}\".mirrors"),
-                        m.span(),
+                        &format_key_path(&[
+                            KeySegment::Key("registry".into()),
+                            KeySegment::Key(host.clone()),
+                            KeySegment::Key("mirrors".into()),
+                        ]),
+                        m.span().into(),
                         format!("mirror {value:?} must be a host, optionally with a path, without a scheme"),
                     ));
                 }
@@ -600,7 +619,7 @@ impl FileConfig {
                 other => {
                     return Err(invalid(
                         "worker.oci.snapshotter",
-                        s.span(),
+                        s.span().into(),
                         format!("unsupported snapshotter {other:?}: expected \"overlayfs\", \"native\" or \"auto\""),
                     ))
                 }
@@ -610,7 +629,7 @@ impl FileConfig {
             if b.get_ref().trim().is_empty() {
                 return Err(invalid(
                     "worker.oci.binary",
-                    b.span(),
+                    b.span().into(),
                     "must name the runc binary".into(),
                 ));
             }
@@ -621,7 +640,7 @@ impl FileConfig {
             if n < 1 {
                 return Err(invalid(
                     "worker.oci.max-parallelism",
-                    p.span(),
+                    p.span().into(),
                     format!("{n} is not a positive number"),
                 ));
             }
@@ -650,7 +669,7 @@ impl FileConfig {
             let ip = ns.get_ref().parse::<IpAddr>().map_err(|_| {
                 invalid(
                     "dns.nameservers",
-                    ns.span(),
+                    ns.span().into(),
                     format!("{:?} is not an IP address", ns.get_ref()),
                 )
             })?;

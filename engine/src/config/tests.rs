@@ -197,6 +197,30 @@ fn unknown_keys_are_warnings_with_lines() {
 }
 
 #[test]
+fn unknown_keys_in_nested_and_quoted_tables_are_named_as_written() {
+    let text = "[grpc.tls]\ncert = \"/c\"\nkey = \"/k\"\nverify = true\n\n[registry.\"docker.io\"]\nhttp = true\nretries = 3\n\n[[worker.oci.gcpolicy]]\nall = true\nmaxAge = 1\n";
+    let (_, unknown) = parse(text).unwrap();
+    let keys: Vec<_> = unknown.iter().map(|u| (u.key.as_str(), u.line)).collect();
+    assert_eq!(
+        keys,
+        [
+            ("grpc.tls.verify", Some(4)),
+            ("registry.\"docker.io\".retries", Some(8)),
+            ("worker.oci.gcpolicy[0].maxAge", Some(12)),
+        ]
+    );
+}
+
+#[test]
+fn bad_registry_host_names_its_table_line() {
+    let (line, key, msg, _) =
+        invalid("debug = true\n\n[registry.\"https://r.example\"]\nhttp = true\n");
+    assert_eq!(line, Some(3));
+    assert_eq!(key.as_deref(), Some("registry.\"https://r.example\""));
+    assert!(msg.contains("not a registry host"), "{msg}");
+}
+
+#[test]
 fn syntax_error_names_line() {
     let (line, _key, _msg, shown) = invalid("debug = true\n[grpc\naddress = []\n");
     assert_eq!(line, Some(2));

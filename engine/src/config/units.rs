@@ -36,8 +36,12 @@ impl DiskSpace {
     pub fn to_bytes(self, total_disk_bytes: Option<u64>) -> u64 {
         match self {
             DiskSpace::Bytes(b) => b,
+            DiskSpace::Percent(0) => 0,
             DiskSpace::Percent(p) => match total_disk_bytes {
-                Some(total) => (total / 100 * u64::from(p) / (1 << 30) + 1) * 1_000_000_000,
+                Some(total) => {
+                    let gib = u128::from(total) * u128::from(p) / 100 / (1 << 30);
+                    ((gib + 1) * 1_000_000_000).min(u128::from(u64::MAX)) as u64
+                }
                 None => 2_000_000_000,
             },
         }
@@ -212,6 +216,7 @@ mod tests {
         assert_eq!(DiskSpace::Percent(10).to_bytes(Some(total)), 11_000_000_000);
         assert_eq!(DiskSpace::Percent(10).to_bytes(None), 2_000_000_000);
         assert_eq!(DiskSpace::Bytes(7).to_bytes(Some(total)), 7);
+        assert_eq!(DiskSpace::Percent(0).to_bytes(Some(total)), 0);
     }
 
     #[test]

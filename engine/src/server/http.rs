@@ -3,6 +3,7 @@
 
 use crate::api::Api;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -21,7 +22,16 @@ pub fn router(api: Api) -> Router {
         .with_state(api)
 }
 
-async fn graphql(State(api): State<Api>, body: Bytes) -> Response {
+async fn graphql(State(api): State<Api>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            return error_response(
+                rejection.status(),
+                format!("cannot read the request body: {}", rejection.body_text()),
+            )
+        }
+    };
     let request: GraphqlBody = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
