@@ -17,10 +17,16 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod api;
+pub mod archive;
 pub mod config;
+pub mod content;
 pub mod error;
+pub mod image;
+pub mod metadata;
 pub mod oci;
+pub mod registry;
 pub mod server;
+pub mod snapshot;
 pub mod state;
 pub mod sys;
 

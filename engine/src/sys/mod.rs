@@ -2,6 +2,9 @@
 //! mount, ownership). Everything above it calls these small functions, so the logic that
 //! decides what to do can be tested without root.
 
+pub mod fsops;
+pub mod mount;
+
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::statfs::statfs;
 use std::fs::File;

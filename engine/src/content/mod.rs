@@ -1,0 +1,1 @@
+//! Content store: blobs by digest under `content/`, written through a verified ingest.

@@ -1,0 +1,1 @@
+//! Image pulls: registry → content store → layer apply → committed snapshots.

@@ -1,0 +1,1 @@
+//! Metadata: the SQLite database of blobs, images, snapshots and leases.

@@ -1,0 +1,1 @@
+//! Snapshotter: overlayfs and native (copying) snapshots of filesystem layers.
