@@ -29,6 +29,7 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod sys;
+pub mod util;
 
 pub use error::{Error, ErrorKind};
 
