@@ -34,7 +34,10 @@ impl Digest {
         if hex.len() != 64 {
             return Err(err("a sha256 digest has 64 hex characters"));
         }
-        if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(err("a digest is lowercase hex"));
         }
         Ok(Digest {

@@ -59,7 +59,10 @@ impl Reference {
         }
         let (registry, repository) = match name.split_once('/') {
             Some((first, remainder))
-                if first.contains('.') || first.contains(':') || first == "localhost" || first.starts_with('[') =>
+                if first.contains('.')
+                    || first.contains(':')
+                    || first == "localhost"
+                    || first.starts_with('[') =>
             {
                 (first.to_string(), remainder.to_string())
             }
@@ -133,7 +136,8 @@ impl fmt::Display for Reference {
 fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
-        && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
         && !t.starts_with(['.', '-'])
 }
 
@@ -208,7 +212,9 @@ mod tests {
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     fn norm(s: &str) -> String {
-        Reference::parse(s).unwrap_or_else(|e| panic!("{e}")).to_string()
+        Reference::parse(s)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_string()
     }
 
     #[test]
@@ -216,20 +222,32 @@ mod tests {
         assert_eq!(norm("alpine"), "docker.io/library/alpine:latest");
         assert_eq!(norm("alpine:3.20"), "docker.io/library/alpine:3.20");
         assert_eq!(norm("user/app"), "docker.io/user/app:latest");
-        assert_eq!(norm("index.docker.io/library/alpine"), "docker.io/library/alpine:latest");
+        assert_eq!(
+            norm("index.docker.io/library/alpine"),
+            "docker.io/library/alpine:latest"
+        );
         assert_eq!(norm("docker.io/alpine"), "docker.io/library/alpine:latest");
         assert_eq!(norm("127.0.0.1:5000/busybox:1"), "127.0.0.1:5000/busybox:1");
         assert_eq!(norm("localhost/a/b/c"), "localhost/a/b/c:latest");
         assert_eq!(norm("[::1]:5000/x"), "[::1]:5000/x:latest");
-        assert_eq!(norm("Registry.Example.com/x"), "registry.example.com/x:latest");
-        assert_eq!(norm(&format!("alpine@{D}")), format!("docker.io/library/alpine@{D}"));
+        assert_eq!(
+            norm("Registry.Example.com/x"),
+            "registry.example.com/x:latest"
+        );
+        assert_eq!(
+            norm(&format!("alpine@{D}")),
+            format!("docker.io/library/alpine@{D}")
+        );
         assert_eq!(
             norm(&format!("127.0.0.1:5000/busybox:1@{D}")),
             format!("127.0.0.1:5000/busybox:1@{D}")
         );
         let r = Reference::parse(&format!("alpine@{D}")).unwrap();
         assert_eq!(r.reference_for_manifest(), D);
-        assert_eq!(Reference::parse("alpine").unwrap().reference_for_manifest(), "latest");
+        assert_eq!(
+            Reference::parse("alpine").unwrap().reference_for_manifest(),
+            "latest"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! decides what to do can be tested without root.
 
 pub mod fsops;
+pub mod inroot;
 pub mod mount;
 
 use nix::fcntl::{Flock, FlockArg};

@@ -84,7 +84,7 @@ mod tests {
         let sf = Arc::new(Singleflight::<u8, u8>::new());
         let leader = {
             let sf = sf.clone();
-            tokio::spawn(async move { sf.run(1, || std::future::pending::<u8>()).await })
+            tokio::spawn(async move { sf.run(1, std::future::pending::<u8>).await })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         let follower = {
