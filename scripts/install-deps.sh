@@ -12,6 +12,12 @@ PACKAGES=(
   python3           # the Python SDK tests
   python3-venv
   curl
+  docker-registry   # registry tests: a real registry on loopback
+  skopeo            # registry tests: pushing test images
+  umoci             # registry tests: building test images offline
+  busybox-static    # the test images' contents
+  openssl           # registry tests: TLS certificates, token signing
+  apache2-utils     # registry tests: htpasswd (bcrypt) for Basic auth
 )
 
 if [[ $(id -u) != 0 ]]; then

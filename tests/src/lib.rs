@@ -4,6 +4,9 @@
 //! These tests need root (the engine refuses to run without it). When not root they fail
 //! loudly instead of skipping.
 
+pub mod images;
+pub mod registry;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
