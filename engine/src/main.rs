@@ -3,10 +3,16 @@
 use anyhow::Context as _;
 use clap::Parser;
 use dagger_engine::config::{self, Config, Overrides};
+use dagger_engine::content::ContentStore;
+use dagger_engine::image::ImageService;
+use dagger_engine::metadata::{self, Metadata};
+use dagger_engine::registry::{Credentials, RegistryClient, RegistryOptions};
+use dagger_engine::snapshot::{self, SnapshotKind};
 use dagger_engine::state::{Snapshotter, StateDir};
 use dagger_engine::{api, oci, server, sys};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(name = "dagger-engine", version = dagger_engine::VERSION, about = "The Dagger-compatible engine daemon")]
@@ -92,8 +98,10 @@ fn run(args: Args) -> anyhow::Result<()> {
                 );
             }
         }
+        let images = open_stores(&config, &state)?;
         let api = api::Api::new(api::ApiState {
             default_platform: oci::Platform::host(),
+            images,
         });
         let names: Vec<String> = listeners.iter().map(|l| l.describe()).collect();
         tracing::info!(
@@ -107,6 +115,70 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("engine stopped");
         anyhow::Ok(())
     })
+}
+
+/// Opens the content store, metadata and snapshotter, repairing what a crash left behind:
+/// stale mounts, half-built snapshots, rows without files and files without rows.
+fn open_stores(config: &Config, state: &StateDir) -> anyhow::Result<ImageService> {
+    for m in sys::mount::mounts_under(state.root()).context("reading mountinfo")? {
+        tracing::warn!("unmounting {} left from an earlier run", m.display());
+        if let Err(e) = sys::mount::unmount_detach(&m) {
+            tracing::warn!("cannot unmount {}: {e}", m.display());
+        }
+    }
+    let meta = Metadata::open(&state.metadata_dir().join(metadata::DB_FILE))?;
+    let content = ContentStore::open(state.blobs_dir(), state.ingest_dir())?;
+    let report = meta.check_consistency(&state.blobs_dir(), &state.snapshots_dir())?;
+    for d in &report.removed_snapshots {
+        tracing::warn!("snapshot {d} was missing its files or unfinished; forgotten");
+    }
+    for d in &report.removed_blobs {
+        tracing::warn!("blob {d} was missing from the content store; forgotten");
+    }
+    for dir in &report.orphan_dirs {
+        tracing::info!("removing unrecorded snapshot directory {}", dir.display());
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            tracing::warn!("cannot remove {}: {e}", dir.display());
+        }
+    }
+    // A blob reaches blobs/ only after verification, so one without a row (a crash between
+    // the rename and the insert) is adopted rather than thrown away.
+    for path in &report.orphan_blobs {
+        let adopted = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|hex| oci::Digest::parse(&format!("sha256:{hex}")).ok())
+            .and_then(|d| {
+                let size = std::fs::metadata(path).ok()?.len();
+                meta.put_blob(&d, size, "").ok()
+            });
+        if adopted.is_none() {
+            tracing::warn!("removing unrecognised file {}", path.display());
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    let stale = content.clean_stale_ingests(Duration::from_secs(24 * 3600))?;
+    if stale > 0 {
+        tracing::info!("removed {stale} abandoned downloads");
+    }
+    // Never delete recursively through a mount that failed to go away.
+    if sys::mount::mounts_under(&state.tmp_dir())?.is_empty() {
+        let _ = std::fs::remove_dir_all(state.tmp_dir());
+    }
+    std::fs::create_dir_all(state.tmp_dir()).context("creating the tmp directory")?;
+
+    let registry = RegistryClient::new(RegistryOptions {
+        hosts: config.registries.clone(),
+        credentials: Credentials::from_docker_config(),
+        ..RegistryOptions::default()
+    })?;
+    let kind = match state.snapshotter() {
+        Snapshotter::Overlayfs => SnapshotKind::Overlay,
+        Snapshotter::Native { .. } => SnapshotKind::Native,
+    };
+    let snapshots =
+        snapshot::Snapshotter::new(kind, state.snapshots_dir(), state.tmp_dir(), meta.clone());
+    Ok(ImageService::new(registry, content, meta, snapshots))
 }
 
 fn init_logging(config: &Config) {

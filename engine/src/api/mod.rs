@@ -1,13 +1,22 @@
 //! Dagger's GraphQL core API. Resolvers are thin adapters over the engine's core; the schema
 //! serves only fields that work (see `docs/compat.md`).
 
+mod container;
+mod directory;
+mod enums;
+mod fs;
 mod query;
 mod scalars;
 
+pub use container::Container;
+pub use directory::{Directory, File};
 pub use query::QueryRoot;
 pub use scalars::PlatformScalar;
 
+use crate::error::{Classify, ErrorKind};
+use crate::image::ImageService;
 use crate::oci::Platform;
+use async_graphql::ErrorExtensions;
 use async_graphql::{
     EmptyMutation, EmptySubscription, ObjectType, Request, Response, Schema, SchemaBuilder,
     SubscriptionType, ValidationMode,
@@ -16,6 +25,17 @@ use async_graphql::{
 /// What resolvers can reach. Grows with the core (solver, stores) in later layers.
 pub struct ApiState {
     pub default_platform: Platform,
+    pub images: ImageService,
+}
+
+/// A GraphQL error whose `extensions.code` says what kind of failure it was.
+pub(crate) fn gql_error(kind: ErrorKind, message: String) -> async_graphql::Error {
+    async_graphql::Error::new(message).extend_with(|_, ext| ext.set("code", kind.code()))
+}
+
+/// Maps a module error to a GraphQL error, keeping its message and kind.
+pub(crate) fn classified<E: Classify + std::fmt::Display + ?Sized>(e: &E) -> async_graphql::Error {
+    gql_error(e.kind(), e.to_string())
 }
 
 /// The served API.

@@ -1,4 +1,4 @@
-use super::{ApiState, PlatformScalar};
+use super::{ApiState, Container, PlatformScalar};
 use async_graphql::{Context, Object};
 
 pub struct QueryRoot;
@@ -17,6 +17,18 @@ impl QueryRoot {
             ctx.data_unchecked::<std::sync::Arc<ApiState>>()
                 .default_platform
                 .clone(),
+        )
+    }
+
+    /// Creates a scratch container, with no image or metadata.
+    ///
+    /// To pull an image, follow up with the "from" function.
+    async fn container(&self, ctx: &Context<'_>, platform: Option<PlatformScalar>) -> Container {
+        let state = ctx.data_unchecked::<std::sync::Arc<ApiState>>();
+        Container::scratch(
+            platform
+                .map(|p| p.0)
+                .unwrap_or_else(|| state.default_platform.clone()),
         )
     }
 }

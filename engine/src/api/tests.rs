@@ -1,9 +1,29 @@
 use super::*;
 use async_graphql::{Enum, Object, Request, ID};
 
+/// An API over real, empty stores in a temporary directory (leaked for the test's duration).
 fn api() -> Api {
+    use crate::content::ContentStore;
+    use crate::metadata::Metadata;
+    use crate::registry::{RegistryClient, RegistryOptions};
+    use crate::snapshot::{SnapshotKind, Snapshotter};
+    let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()))
+        .path()
+        .to_path_buf();
+    let meta = Metadata::open(&dir.join("metadata.db")).unwrap();
+    let content = ContentStore::open(dir.join("blobs"), dir.join("ingest")).unwrap();
+    let registry = RegistryClient::new(RegistryOptions::default()).unwrap();
+    std::fs::create_dir_all(dir.join("snapshots")).unwrap();
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    let snapshots = Snapshotter::new(
+        SnapshotKind::Native,
+        dir.join("snapshots"),
+        dir.join("tmp"),
+        meta.clone(),
+    );
     Api::new(ApiState {
         default_platform: Platform::parse("linux/amd64").unwrap(),
+        images: crate::image::ImageService::new(registry, content, meta, snapshots),
     })
 }
 
@@ -50,6 +70,39 @@ async fn aliases_name_the_response_keys() {
     assert_eq!(v["data"]["v"], crate::VERSION);
     assert_eq!(v["data"]["version"], crate::VERSION);
     assert_eq!(v["data"]["p"], "linux/amd64");
+}
+
+#[tokio::test]
+async fn scratch_container_and_errors_with_codes() {
+    let v = run(r#"{ container { platform rootfs { entries } } }"#).await;
+    assert!(v.get("errors").is_none(), "{v}");
+    assert_eq!(v["data"]["container"]["platform"], "linux/amd64");
+    assert_eq!(
+        v["data"]["container"]["rootfs"]["entries"],
+        serde_json::json!([])
+    );
+    let v = run(r#"{ container(platform: "linux/arm64") { platform } }"#).await;
+    assert_eq!(v["data"]["container"]["platform"], "linux/arm64");
+    let v = run(r#"{ container { from(address: "Not A Ref") { platform } } }"#).await;
+    let err = &v["errors"][0];
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid image reference"),
+        "{v}"
+    );
+    assert_eq!(err["extensions"]["code"], "INVALID_ARGUMENT");
+    let v = run(r#"{ container { rootfs { file(path: "nope") { contents } } } }"#).await;
+    let err = &v["errors"][0];
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nope: no such file or directory"),
+        "{v}"
+    );
+    assert_eq!(err["extensions"]["code"], "NOT_FOUND");
 }
 
 #[tokio::test]

@@ -1,1 +1,402 @@
-//! Image pulls: registry → content store → layer apply → committed snapshots.
+//! Image pulls: resolve the manifest for a platform, fetch the config and layers into the
+//! content store (verified), apply layers in order into committed snapshots keyed by their OCI
+//! chain id, and record the image. Concurrent pulls of the same image share one flight, and
+//! concurrent downloads of the same blob share one download.
+
+mod config;
+
+pub use config::ImageConfig;
+
+use crate::archive::{self, ApplyOptions};
+use crate::content::{ContentError, ContentStore};
+use crate::error::{Classify, ErrorKind};
+use crate::metadata::Metadata;
+use crate::oci::{Digest, Platform, Reference};
+use crate::registry::{RegistryClient, RegistryError};
+use crate::snapshot::{SnapshotError, SnapshotId, Snapshotter};
+use crate::util::Singleflight;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Cap on an image config blob; configs are small JSON documents.
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
+const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+
+#[derive(Debug, Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Archive(#[from] archive::ArchiveError),
+    #[error(transparent)]
+    Metadata(#[from] crate::metadata::MetadataError),
+    #[error("image {reference}: {message}")]
+    Invalid { reference: String, message: String },
+    #[error("image {reference}: layer {index} ({digest}) unpacks to {actual}, but the image config says {expected}")]
+    DiffIdMismatch {
+        reference: String,
+        index: usize,
+        digest: Digest,
+        expected: String,
+        actual: Digest,
+    },
+    /// An error from a flight this caller joined.
+    #[error("{0}")]
+    Shared(Arc<ImageError>),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Classify for ImageError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ImageError::Registry(e) => e.kind(),
+            ImageError::Content(e) => e.kind(),
+            ImageError::Snapshot(e) => e.kind(),
+            ImageError::Archive(e) => e.kind(),
+            ImageError::Metadata(e) => e.kind(),
+            ImageError::Invalid { .. } | ImageError::DiffIdMismatch { .. } => {
+                ErrorKind::InvalidArgument
+            }
+            ImageError::Shared(e) => e.kind(),
+            ImageError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// A pulled image: ready to use as a container's root filesystem.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The reference as asked for, pinned to the manifest digest.
+    pub reference: Reference,
+    pub manifest_digest: Digest,
+    pub platform: Platform,
+    pub config: ImageConfig,
+    /// The snapshot of the top layer; `None` for an image without layers.
+    pub rootfs: Option<SnapshotId>,
+}
+
+type PullResult = Result<Arc<Image>, Arc<ImageError>>;
+
+/// Cheap to clone; clones share flights.
+#[derive(Clone)]
+pub struct ImageService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: RegistryClient,
+    content: ContentStore,
+    meta: Metadata,
+    snapshots: Snapshotter,
+    pulls: Singleflight<(String, String), PullResult>,
+    downloads: Singleflight<Digest, Result<(), Arc<ImageError>>>,
+}
+
+impl ImageService {
+    pub fn new(
+        registry: RegistryClient,
+        content: ContentStore,
+        meta: Metadata,
+        snapshots: Snapshotter,
+    ) -> Self {
+        ImageService {
+            inner: Arc::new(Inner {
+                registry,
+                content,
+                meta,
+                snapshots,
+                pulls: Singleflight::new(),
+                downloads: Singleflight::new(),
+            }),
+        }
+    }
+
+    pub fn snapshotter(&self) -> &Snapshotter {
+        &self.inner.snapshots
+    }
+
+    /// Pulls `reference` for `platform`, sharing the work with concurrent identical pulls.
+    pub async fn pull(&self, reference: &Reference, platform: &Platform) -> PullResult {
+        let key = (reference.to_string(), platform.to_string());
+        self.inner
+            .pulls
+            .run(key, || async {
+                self.pull_uncached(reference, platform)
+                    .await
+                    .map(Arc::new)
+                    .map_err(Arc::new)
+            })
+            .await
+    }
+
+    async fn pull_uncached(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+    ) -> Result<Image, ImageError> {
+        let started = std::time::Instant::now();
+        let resolved = self.inner.registry.resolve(reference, platform).await?;
+        let name = reference.to_string();
+        let invalid = |message: String| ImageError::Invalid {
+            reference: name.clone(),
+            message,
+        };
+
+        let (config_digest, config_size) = resolved.config.clone();
+        self.ensure_blob(reference, &config_digest, config_size, CONFIG_MEDIA_TYPE)
+            .await?;
+        let raw_config = {
+            let content = self.inner.content.clone();
+            let d = config_digest.clone();
+            tokio::task::spawn_blocking(move || content.read_blob(&d, MAX_CONFIG_BYTES))
+                .await
+                .map_err(|e| ImageError::Internal(e.to_string()))??
+        };
+        let config = ImageConfig::parse(&raw_config).map_err(invalid)?;
+
+        let layers: Vec<(String, u64, String)> = resolved
+            .parsed
+            .layers()
+            .iter()
+            .map(|l| (l.digest().to_string(), l.size(), l.media_type().to_string()))
+            .collect();
+        if layers.len() != config.diff_ids.len() {
+            return Err(invalid(format!(
+                "the manifest has {} layers but the config lists {} diff_ids",
+                layers.len(),
+                config.diff_ids.len()
+            )));
+        }
+        let diff_ids: Vec<Digest> = config
+            .diff_ids
+            .iter()
+            .map(|d| Digest::parse(d).map_err(|e| invalid(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        let chain_ids = chain_ids(&diff_ids);
+
+        // Reuse the longest prefix of layers that is already unpacked.
+        let mut have = 0;
+        let mut parent: Option<SnapshotId> = None;
+        for (i, chain) in chain_ids.iter().enumerate().rev() {
+            if let Some(id) = self.inner.snapshots.by_chain_id(chain)? {
+                have = i + 1;
+                parent = Some(id);
+                break;
+            }
+        }
+
+        // Download every missing layer in parallel (the registry client bounds connections per
+        // host) and apply each, in order, as soon as it has arrived; later layers keep
+        // downloading while earlier ones unpack.
+        let mut downloads = Vec::new();
+        for (digest, size, media_type) in &layers[have..] {
+            let digest = Digest::parse(digest).map_err(|e| invalid(e.to_string()))?;
+            downloads.push((digest, *size, media_type.clone()));
+        }
+        let mut fetches: std::collections::VecDeque<_> = downloads
+            .iter()
+            .map(|(digest, size, media_type)| {
+                let (svc, reference, digest, size, media_type) = (
+                    self.clone(),
+                    reference.clone(),
+                    digest.clone(),
+                    *size,
+                    media_type.clone(),
+                );
+                AbortOnDrop(tokio::spawn(async move {
+                    svc.ensure_blob(&reference, &digest, size, &media_type)
+                        .await
+                }))
+            })
+            .collect();
+
+        for (offset, (blob, _, _)) in downloads.iter().enumerate() {
+            let index = have + offset;
+            if let Some(mut fetch) = fetches.pop_front() {
+                (&mut fetch.0)
+                    .await
+                    .map_err(|e| ImageError::Internal(e.to_string()))??;
+            }
+            let active = self.inner.snapshots.prepare(parent.as_ref())?;
+            let opts = ApplyOptions {
+                whiteouts: active.whiteout_mode(),
+                ..ApplyOptions::default()
+            };
+            let fs = active.fs();
+            let content = self.inner.content.clone();
+            let blob_for_task = blob.clone();
+            let applied = tokio::task::spawn_blocking(move || {
+                let file = content.open_blob(&blob_for_task)?;
+                let reader = std::io::BufReader::with_capacity(1 << 20, file);
+                archive::apply_layer(&fs, reader, &opts).map_err(ImageError::from)
+            })
+            .await
+            .map_err(|e| ImageError::Internal(e.to_string()))??;
+            if applied.diff_id != diff_ids[index] {
+                return Err(ImageError::DiffIdMismatch {
+                    reference: name.clone(),
+                    index,
+                    digest: blob.clone(),
+                    expected: diff_ids[index].to_string(),
+                    actual: applied.diff_id,
+                });
+            }
+            let id = self.inner.snapshots.commit(
+                active,
+                Some(&chain_ids[index]),
+                Some(&diff_ids[index]),
+                applied.uncompressed_size,
+            )?;
+            parent = Some(id);
+        }
+
+        let pinned = reference.with_digest(resolved.manifest.digest.clone());
+        self.inner.meta.put_image(
+            &reference.to_string(),
+            &platform.to_string(),
+            &resolved.manifest.digest,
+            &config_digest,
+            resolved.index.as_ref().map(|i| &i.digest),
+        )?;
+        tracing::info!(
+            image = %pinned,
+            layers = layers.len(),
+            reused = have,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "pulled"
+        );
+        Ok(Image {
+            reference: pinned,
+            manifest_digest: resolved.manifest.digest.clone(),
+            platform: platform.clone(),
+            config,
+            rootfs: parent,
+        })
+    }
+
+    /// Makes sure a verified copy of `digest` is in the content store, downloading it (or
+    /// resuming an earlier partial download) once however many callers ask at the same time.
+    async fn ensure_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+        media_type: &str,
+    ) -> Result<(), ImageError> {
+        if self.inner.content.info(digest).is_some() {
+            return Ok(());
+        }
+        self.inner
+            .downloads
+            .run(digest.clone(), || async {
+                self.download(reference, digest, size, media_type)
+                    .await
+                    .map_err(Arc::new)
+            })
+            .await
+            .map_err(ImageError::Shared)
+    }
+
+    async fn download(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+        media_type: &str,
+    ) -> Result<(), ImageError> {
+        let mut writer = loop {
+            match self.inner.content.writer(digest, size) {
+                Ok(w) => break w,
+                Err(ContentError::AlreadyExists { .. }) => return Ok(()),
+                // Another engine process (or a just-cancelled flight) holds the ingest.
+                Err(ContentError::Busy { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let mut stream = self
+            .inner
+            .registry
+            .fetch_blob(reference, digest, size, writer.offset())
+            .await?;
+        if stream.restarted {
+            writer.truncate()?;
+        }
+        // Hand chunks to a blocking thread so disk writes never stall the async workers.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+        let write_task = tokio::task::spawn_blocking(move || -> Result<u64, ContentError> {
+            while let Some(chunk) = rx.blocking_recv() {
+                writer.write_chunk(&chunk)?;
+            }
+            writer.commit()
+        });
+        let mut send_error = None;
+        while let Some(chunk) = stream.next_chunk().await {
+            match chunk {
+                Ok(bytes) => {
+                    if tx.send(bytes).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
+                }
+                Err(e) => {
+                    send_error = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        if let Some(e) = send_error {
+            write_task.abort();
+            return Err(e.into());
+        }
+        let size = write_task
+            .await
+            .map_err(|e| ImageError::Internal(e.to_string()))??;
+        self.inner.meta.put_blob(digest, size, media_type)?;
+        Ok(())
+    }
+}
+
+/// Aborts the task when a pull is abandoned, so its downloads do not run on unobserved. A
+/// download that other pulls joined keeps going in their flight.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// OCI chain ids: `chain[0] = diff[0]`, `chain[i] = sha256(chain[i-1] + " " + diff[i])`.
+pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
+    let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(prev) => Digest::of(format!("{prev} {d}").as_bytes()),
+        };
+        out.push(next);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_oci_definition() {
+        let a = Digest::of(b"a");
+        let b = Digest::of(b"b");
+        let chain = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(chain[0], a);
+        assert_eq!(chain[1], Digest::of(format!("{a} {b}").as_bytes()));
+    }
+}

@@ -1,0 +1,24 @@
+use async_graphql::Enum;
+
+/// File type.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum ExistsType {
+    /// Tests path is a regular file
+    #[graphql(name = "REGULAR_TYPE")]
+    RegularType,
+    /// Tests path is a directory
+    #[graphql(name = "DIRECTORY_TYPE")]
+    DirectoryType,
+    /// Tests path is a symlink
+    #[graphql(name = "SYMLINK_TYPE")]
+    SymlinkType,
+}
+
+/// Transport layer network protocol associated to a port.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum NetworkProtocol {
+    #[graphql(name = "TCP")]
+    Tcp,
+    #[graphql(name = "UDP")]
+    Udp,
+}
