@@ -5,6 +5,7 @@
 //! loudly instead of skipping.
 
 pub mod images;
+pub mod oci_build;
 pub mod registry;
 
 use std::io::{Read, Write};
@@ -59,6 +60,8 @@ pub struct EngineOptions {
     /// Also listen on 127.0.0.1:<free port>.
     pub tcp: bool,
     pub extra_args: Vec<String>,
+    /// Extra environment for the engine process (e.g. `DOCKER_CONFIG`).
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Engine {
@@ -126,6 +129,9 @@ impl Engine {
             cmd.arg("--config").arg(path);
         }
         cmd.args(&opts.extra_args);
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
         let log = std::fs::File::create(&log_path).unwrap();
         let child = cmd
             .stdin(Stdio::null())
@@ -150,6 +156,32 @@ impl Engine {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends a GraphQL query over the unix socket and returns the JSON answer.
+    pub fn query(&self, query: &str) -> serde_json::Value {
+        let r = post_unix(&self.socket, "/query", &gql(query))
+            .unwrap_or_else(|e| panic!("query failed: {e}\nengine log:\n{}", self.log()));
+        r.json()
+    }
+
+    /// Like [`Engine::query`], but panics (with the engine log) on GraphQL errors.
+    pub fn query_ok(&self, query: &str) -> serde_json::Value {
+        let v = self.query(query);
+        assert!(
+            v.get("errors").is_none(),
+            "query {query}\nfailed: {v}\nengine log:\n{}",
+            self.log()
+        );
+        v["data"].clone()
+    }
+
+    /// Kills the engine with SIGKILL (a crash) and waits for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// `_EXPERIMENTAL_DAGGER_RUNNER_HOST` for this engine.

@@ -475,6 +475,13 @@ pub enum FakeBody {
         max: u64,
         chunked: bool,
     },
+    /// Sends `body` (with its length declared) in `chunk`-sized pieces, pausing `pause`
+    /// between them: a slow download that a test can interrupt.
+    Slow {
+        body: Vec<u8>,
+        chunk: usize,
+        pause: Duration,
+    },
     /// Closes the connection without answering.
     HangUp,
 }
@@ -680,6 +687,23 @@ async fn write_response(
                 out.extend_from_slice(&body);
             }
             sock.write_all(&out).await.is_ok()
+        }
+        FakeBody::Slow { body, chunk, pause } => {
+            head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+            if sock.write_all(head.as_bytes()).await.is_err() {
+                return false;
+            }
+            if head_only {
+                return true;
+            }
+            for piece in body.chunks(chunk.max(1)) {
+                if sock.write_all(piece).await.is_err() {
+                    stats.client_hangups.fetch_add(1, Ordering::SeqCst);
+                    return false;
+                }
+                tokio::time::sleep(pause).await;
+            }
+            true
         }
         FakeBody::Truncated { declared, sent } => {
             head.push_str(&format!("Content-Length: {declared}\r\n\r\n"));

@@ -40,9 +40,9 @@ impl Directory {
                 Ok(match root.stat(&abs, !no_follow) {
                     Ok(st) => match expected {
                         None => true,
-                        Some(ExistsType::RegularType) => st.kind == EntryKind::File,
-                        Some(ExistsType::DirectoryType) => st.kind == EntryKind::Dir,
-                        Some(ExistsType::SymlinkType) => st.kind == EntryKind::Symlink,
+                        Some(ExistsType::Regular) => st.kind == EntryKind::File,
+                        Some(ExistsType::Directory) => st.kind == EntryKind::Dir,
+                        Some(ExistsType::Symlink) => st.kind == EntryKind::Symlink,
                     },
                     Err(_) => false,
                 })

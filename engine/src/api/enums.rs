@@ -5,13 +5,13 @@ use async_graphql::Enum;
 pub enum ExistsType {
     /// Tests path is a regular file
     #[graphql(name = "REGULAR_TYPE")]
-    RegularType,
+    Regular,
     /// Tests path is a directory
     #[graphql(name = "DIRECTORY_TYPE")]
-    DirectoryType,
+    Directory,
     /// Tests path is a symlink
     #[graphql(name = "SYMLINK_TYPE")]
-    SymlinkType,
+    Symlink,
 }
 
 /// Transport layer network protocol associated to a port.

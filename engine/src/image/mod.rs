@@ -256,6 +256,16 @@ impl ImageService {
             parent = Some(id);
         }
 
+        // Keep the manifests too: the image record points at them, and export and push need
+        // the exact bytes.
+        for m in resolved
+            .index
+            .iter()
+            .chain(std::iter::once(&resolved.manifest))
+        {
+            self.store_bytes(&m.digest, m.bytes.clone(), &m.media_type)
+                .await?;
+        }
         let pinned = reference.with_digest(resolved.manifest.digest.clone());
         self.inner.meta.put_image(
             &reference.to_string(),
@@ -278,6 +288,37 @@ impl ImageService {
             config,
             rootfs: parent,
         })
+    }
+
+    /// Stores bytes already verified against `digest` (a fetched manifest).
+    async fn store_bytes(
+        &self,
+        digest: &Digest,
+        bytes: bytes::Bytes,
+        media_type: &str,
+    ) -> Result<(), ImageError> {
+        let size = bytes.len() as u64;
+        let content = self.inner.content.clone();
+        let d = digest.clone();
+        let stored = tokio::task::spawn_blocking(move || -> Result<(), ContentError> {
+            match content.writer(&d, bytes.len() as u64) {
+                Ok(mut w) => {
+                    w.truncate()?;
+                    w.write_chunk(&bytes)?;
+                    w.commit().map(|_| ())
+                }
+                Err(ContentError::AlreadyExists { .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(|e| ImageError::Internal(e.to_string()))?;
+        match stored {
+            Ok(()) => Ok(self.inner.meta.put_blob(digest, size, media_type)?),
+            // A concurrent pull of the same image is storing the same bytes and its row.
+            Err(ContentError::Busy { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Makes sure a verified copy of `digest` is in the content store, downloading it (or
