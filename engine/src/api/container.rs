@@ -33,6 +33,22 @@ impl Container {
         }))
     }
 
+    /// A changed copy: the image reference no longer describes it.
+    fn with(&self, f: impl FnOnce(&mut ContainerState)) -> Container {
+        let mut next = (*self.0).clone();
+        next.image_ref = None;
+        f(&mut next);
+        Container(Arc::new(next))
+    }
+
+    fn expand(&self, s: String, expand: bool) -> String {
+        if expand {
+            crate::util::expand(&s, crate::util::env_lookup(&self.0.config.env))
+        } else {
+            s
+        }
+    }
+
     fn cwd(&self) -> &str {
         if self.0.config.workdir.is_empty() {
             "/"
@@ -40,6 +56,10 @@ impl Container {
             &self.0.config.workdir
         }
     }
+}
+
+fn env_name(kv: &str) -> &str {
+    kv.split_once('=').map(|(k, _)| k).unwrap_or(kv)
 }
 
 /// An environment variable name and value.
@@ -156,6 +176,108 @@ impl Container {
         Directory::new(self.0.rootfs.clone(), "/".into())
             .exists_at(ctx, abs, expected_type, do_not_follow_symlinks)
             .await
+    }
+
+    /// Retrieves this container plus the given environment variable.
+    async fn with_env_variable(
+        &self,
+        name: String,
+        value: String,
+        #[graphql(default = false)] expand: bool,
+    ) -> Container {
+        let value = self.expand(value, expand);
+        self.with(|s| {
+            let entry = format!("{name}={value}");
+            match s.config.env.iter_mut().find(|kv| env_name(kv) == name) {
+                Some(existing) => *existing = entry,
+                None => s.config.env.push(entry),
+            }
+        })
+    }
+
+    /// Retrieves this container minus the given environment variable.
+    async fn without_env_variable(&self, name: String) -> Container {
+        self.with(|s| s.config.env.retain(|kv| env_name(kv) != name))
+    }
+
+    /// Retrieves this container with a different working directory.
+    async fn with_workdir(
+        &self,
+        path: String,
+        #[graphql(default = false)] expand: bool,
+    ) -> Container {
+        let path = join(self.cwd(), &self.expand(path, expand));
+        self.with(|s| s.config.workdir = path)
+    }
+
+    /// Retrieves this container with an unset working directory.
+    ///
+    /// Should default to "/".
+    async fn without_workdir(&self) -> Container {
+        self.with(|s| s.config.workdir.clear())
+    }
+
+    /// Retrieves this container with a different command user.
+    async fn with_user(&self, name: String) -> Container {
+        self.with(|s| s.config.user = name)
+    }
+
+    /// Retrieves this container with an unset command user.
+    ///
+    /// Should default to root.
+    async fn without_user(&self) -> Container {
+        self.with(|s| s.config.user.clear())
+    }
+
+    /// Retrieves this container but with a different command entrypoint.
+    async fn with_entrypoint(
+        &self,
+        args: Vec<String>,
+        #[graphql(default = false)] keep_default_args: bool,
+    ) -> Container {
+        self.with(|s| {
+            s.config.entrypoint = args;
+            if !keep_default_args {
+                s.config.cmd.clear();
+            }
+        })
+    }
+
+    /// Reset the container's OCI entrypoint.
+    async fn without_entrypoint(
+        &self,
+        #[graphql(default = false)] keep_default_args: bool,
+    ) -> Container {
+        self.with(|s| {
+            s.config.entrypoint.clear();
+            if !keep_default_args {
+                s.config.cmd.clear();
+            }
+        })
+    }
+
+    /// Configures default arguments for future commands.
+    async fn with_default_args(&self, args: Vec<String>) -> Container {
+        self.with(|s| s.config.cmd = args)
+    }
+
+    /// Retrieves this container with unset default arguments for future commands.
+    async fn without_default_args(&self) -> Container {
+        self.with(|s| s.config.cmd.clear())
+    }
+
+    /// Retrieves this container plus the given label.
+    async fn with_label(&self, name: String, value: String) -> Container {
+        self.with(|s| {
+            s.config.labels.insert(name, value);
+        })
+    }
+
+    /// Retrieves this container minus the given label.
+    async fn without_label(&self, name: String) -> Container {
+        self.with(|s| {
+            s.config.labels.remove(&name);
+        })
     }
 
     /// Retrieves the list of environment variables passed to commands.

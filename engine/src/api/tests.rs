@@ -179,3 +179,58 @@ async fn enum_and_id_arguments_are_lenient() {
         .await;
     assert!(!typo.errors.is_empty(), "unknown arguments stay errors");
 }
+
+#[tokio::test]
+async fn container_config_mutations() {
+    let v = run(r#"{ container {
+        withEnvVariable(name: "A", value: "1") {
+          withEnvVariable(name: "B", value: "$A-${A}x", expand: true) {
+            withEnvVariable(name: "A", value: "2") {
+              withoutEnvVariable(name: "C") {
+                a: envVariable(name: "A") b: envVariable(name: "B") c: envVariable(name: "C")
+                envVariables { name value }
+                withWorkdir(path: "/srv") { withWorkdir(path: "app") { workdir withoutWorkdir { workdir } } }
+                withUser(name: "nobody") { user withoutUser { user } }
+                withEntrypoint(args: ["/bin/sh", "-c"]) { entrypoint defaultArgs
+                  withDefaultArgs(args: ["echo hi"]) { defaultArgs
+                    withEntrypoint(args: ["/x"], keepDefaultArgs: true) { entrypoint defaultArgs }
+                    withoutEntrypoint { entrypoint defaultArgs }
+                    withoutDefaultArgs { defaultArgs } } }
+                withLabel(name: "l", value: "v") { label(name: "l") labels { name value } withoutLabel(name: "l") { label(name: "l") } }
+              } } } } } }"#)
+    .await;
+    assert!(v.get("errors").is_none(), "{v}");
+    let c = &v["data"]["container"]["withEnvVariable"]["withEnvVariable"]["withEnvVariable"]
+        ["withoutEnvVariable"];
+    assert_eq!(c["a"], "2");
+    assert_eq!(c["b"], "1-1x");
+    assert_eq!(c["c"], serde_json::Value::Null);
+    assert_eq!(
+        c["envVariables"],
+        serde_json::json!([{"name":"A","value":"2"},{"name":"B","value":"1-1x"}])
+    );
+    let w = &c["withWorkdir"]["withWorkdir"];
+    assert_eq!(w["workdir"], "/srv/app");
+    assert_eq!(w["withoutWorkdir"]["workdir"], "");
+    assert_eq!(c["withUser"]["user"], "nobody");
+    assert_eq!(c["withUser"]["withoutUser"]["user"], "");
+    let e = &c["withEntrypoint"];
+    assert_eq!(e["entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
+    let d = &e["withDefaultArgs"];
+    assert_eq!(d["defaultArgs"], serde_json::json!(["echo hi"]));
+    assert_eq!(d["withEntrypoint"]["entrypoint"], serde_json::json!(["/x"]));
+    assert_eq!(
+        d["withEntrypoint"]["defaultArgs"],
+        serde_json::json!(["echo hi"])
+    );
+    assert_eq!(d["withoutEntrypoint"]["entrypoint"], serde_json::json!([]));
+    assert_eq!(d["withoutEntrypoint"]["defaultArgs"], serde_json::json!([]));
+    assert_eq!(
+        d["withoutDefaultArgs"]["defaultArgs"],
+        serde_json::json!([])
+    );
+    let l = &c["withLabel"];
+    assert_eq!(l["label"], "v");
+    assert_eq!(l["labels"], serde_json::json!([{"name":"l","value":"v"}]));
+    assert_eq!(l["withoutLabel"]["label"], serde_json::Value::Null);
+}
