@@ -312,6 +312,128 @@ impl Snapshotter {
     }
 }
 
+/// A writable root filesystem for one exec: an overlay of the parent's layers under a new
+/// upper directory, or (native) a copy of the parent. Committing turns the changes into a
+/// snapshot; dropping discards them.
+pub struct ExecRoot {
+    active: Active,
+    root: PathBuf,
+    mounted: bool,
+}
+
+impl ExecRoot {
+    /// The merged tree the process sees as `/`.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    fn unmount(&mut self) -> Result<(), SnapshotError> {
+        if self.mounted {
+            unmount_detach(&self.root).map_err(io_err(&self.root))?;
+            self.mounted = false;
+            let _ = std::fs::remove_dir(&self.root);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ExecRoot {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount() {
+            tracing::warn!("cannot unmount exec root {}: {e}", self.root.display());
+        }
+    }
+}
+
+impl Snapshotter {
+    /// Prepares a writable root on top of `parent` for one exec.
+    pub fn prepare_exec(&self, parent: Option<&SnapshotId>) -> Result<ExecRoot, SnapshotError> {
+        let active = self.prepare(parent)?;
+        if self.kind == SnapshotKind::Native {
+            let root = active.fs();
+            return Ok(ExecRoot {
+                active,
+                root,
+                mounted: false,
+            });
+        }
+        let work = active.dir.join("work");
+        std::fs::create_dir_all(&work).map_err(io_err(&work))?;
+        let mut lowers = match parent {
+            Some(p) => self.lowers(p)?,
+            None => Vec::new(),
+        };
+        if lowers.is_empty() {
+            // Overlay needs at least one lower directory; an empty one stands for scratch.
+            let empty = active.dir.join("empty");
+            std::fs::create_dir_all(&empty).map_err(io_err(&empty))?;
+            lowers.push(empty);
+        }
+        let root = self.tmp.join(unique("exec-"));
+        std::fs::create_dir_all(&root).map_err(io_err(&root))?;
+        let spec = MountSpec::Overlay {
+            lowers,
+            upper: Some((active.fs(), work)),
+        };
+        if let Err(e) = mount(&spec, &root) {
+            let _ = std::fs::remove_dir(&root);
+            return Err(SnapshotError::Io {
+                path: root,
+                source: e,
+            });
+        }
+        Ok(ExecRoot {
+            active,
+            root,
+            mounted: true,
+        })
+    }
+
+    /// Records what the exec changed as a committed snapshot on top of its parent.
+    pub fn commit_exec(&self, mut exec: ExecRoot) -> Result<SnapshotId, SnapshotError> {
+        exec.unmount()?;
+        let dir = exec.active.dir.clone();
+        // The overlay work dir and the scratch lower are mount plumbing, not content.
+        for aux in ["work", "empty"] {
+            let p = dir.join(aux);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).map_err(io_err(&p))?;
+            }
+        }
+        let size = dir_size(&exec.active.fs());
+        // Move the active snapshot out; ExecRoot's Drop then has nothing left to do.
+        let active = std::mem::replace(
+            &mut exec.active,
+            Active {
+                dir: PathBuf::new(),
+                parent: None,
+                whiteouts: WhiteoutMode::Apply,
+                committed: true,
+            },
+        );
+        self.commit(active, None, None, size)
+    }
+}
+
+/// Bytes in regular files below `dir` (symlinks not followed).
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
 /// Full copy for the native snapshotter. `cp -a` preserves hardlinks, ownership, modes, times,
 /// xattrs and device nodes exactly, which a hand-written copy would have to re-implement.
 fn copy_tree(from: &Path, to: &Path) -> Result<(), SnapshotError> {
@@ -333,3 +455,6 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), SnapshotError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
