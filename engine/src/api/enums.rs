@@ -22,3 +22,18 @@ pub enum NetworkProtocol {
     #[graphql(name = "UDP")]
     Udp,
 }
+
+/// Expected return type of an execution
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug, Default)]
+pub enum ReturnType {
+    /// A successful execution (exit code 0)
+    #[default]
+    #[graphql(name = "SUCCESS")]
+    Success,
+    /// A failed execution (exit codes 1-127 and 192-255)
+    #[graphql(name = "FAILURE")]
+    Failure,
+    /// Any execution (exit codes 0-127 and 192-255)
+    #[graphql(name = "ANY")]
+    Any,
+}

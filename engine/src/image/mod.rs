@@ -141,7 +141,9 @@ impl ImageService {
         platform: &Platform,
     ) -> Result<Image, ImageError> {
         let started = std::time::Instant::now();
+        let since = move || started.elapsed().as_millis() as u64;
         let resolved = self.inner.registry.resolve(reference, platform).await?;
+        let resolve_ms = since();
         let name = reference.to_string();
         let invalid = |message: String| ImageError::Invalid {
             reference: name.clone(),
@@ -159,6 +161,7 @@ impl ImageService {
                 .map_err(|e| ImageError::Internal(e.to_string()))??
         };
         let config = ImageConfig::parse(&raw_config).map_err(invalid)?;
+        let config_ms = since();
 
         let layers: Vec<(String, u64, String)> = resolved
             .parsed
@@ -210,19 +213,24 @@ impl ImageService {
                     media_type.clone(),
                 );
                 AbortOnDrop(tokio::spawn(async move {
+                    let start = since();
                     svc.ensure_blob(&reference, &digest, size, &media_type)
                         .await
+                        .map(|()| (start, since()))
                 }))
             })
             .collect();
 
         for (offset, (blob, _, _)) in downloads.iter().enumerate() {
             let index = have + offset;
+            let waiting = since();
+            let mut download = (0, 0);
             if let Some(mut fetch) = fetches.pop_front() {
-                (&mut fetch.0)
+                download = (&mut fetch.0)
                     .await
                     .map_err(|e| ImageError::Internal(e.to_string()))??;
             }
+            let apply_start = since();
             let active = self.inner.snapshots.prepare(parent.as_ref())?;
             let opts = ApplyOptions {
                 whiteouts: active.whiteout_mode(),
@@ -238,6 +246,20 @@ impl ImageService {
             })
             .await
             .map_err(|e| ImageError::Internal(e.to_string()))??;
+            tracing::debug!(
+                index,
+                digest = %blob,
+                compressed_bytes = downloads[offset].1,
+                uncompressed_bytes = applied.uncompressed_size,
+                entries = applied.entries,
+                download_start_ms = download.0,
+                download_end_ms = download.1,
+                apply_start_ms = waiting,
+                apply_end_ms = since(),
+                apply_ms = since() - apply_start,
+                wait_ms = apply_start - waiting,
+                "layer timing"
+            );
             if applied.diff_id != diff_ids[index] {
                 return Err(ImageError::DiffIdMismatch {
                     reference: name.clone(),
@@ -256,6 +278,7 @@ impl ImageService {
             parent = Some(id);
         }
 
+        let layers_ms = since();
         // Keep the manifests too: the image record points at them, and export and push need
         // the exact bytes.
         for m in resolved
@@ -278,7 +301,11 @@ impl ImageService {
             image = %pinned,
             layers = layers.len(),
             reused = have,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = since(),
+            resolve_ms,
+            config_ms = config_ms - resolve_ms,
+            layers_ms = layers_ms - config_ms,
+            record_ms = since() - layers_ms,
             "pulled"
         );
         Ok(Image {

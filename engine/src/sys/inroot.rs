@@ -81,6 +81,23 @@ impl Root {
         Ok(file)
     }
 
+    /// Creates (or truncates) `name` in directory `dir` and writes `bytes`. The final component
+    /// is never followed, so a symlink planted there cannot redirect the write.
+    pub fn create_file(&self, dir: &str, name: &str, bytes: &[u8]) -> io::Result<()> {
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad file name {name:?}")));
+        }
+        let dirfd = self.resolve(dir, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let fd = rustix::fs::openat(
+            &dirfd,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )?;
+        let mut file = File::from(fd);
+        std::io::Write::write_all(&mut file, bytes)
+    }
+
     /// `stat`, following a final symlink or not.
     pub fn stat(&self, path: &str, follow: bool) -> io::Result<Stat> {
         let mut flags = OFlags::PATH;
