@@ -7,7 +7,10 @@ PACKAGES=(
   ca-certificates   # TLS roots for registries
   git               # git sources
   runc              # container execution
+  tini              # /usr/bin/tini-static: the exec's PID 1, bind-mounted at /.init
   util-linux        # mount, unshare, setpriv (tests)
+  nftables          # exec network: NAT (masquerade) rules
+  iproute2          # network tests: ip link/addr/netns
   mount
   python3           # the Python SDK tests
   python3-venv

@@ -4,10 +4,14 @@ use anyhow::Context as _;
 use clap::Parser;
 use dagger_engine::config::{self, Config, Overrides};
 use dagger_engine::content::ContentStore;
+use dagger_engine::exec::{Executor, ExecutorOptions};
+use dagger_engine::git::GitService;
 use dagger_engine::image::ImageService;
 use dagger_engine::metadata::{self, Metadata};
+use dagger_engine::network::{Network, NetworkOptions};
 use dagger_engine::registry::{Credentials, RegistryClient, RegistryOptions};
 use dagger_engine::snapshot::{self, SnapshotKind};
+use dagger_engine::solver::{Execution, Solver};
 use dagger_engine::state::{Snapshotter, StateDir};
 use dagger_engine::{api, oci, server, sys};
 use std::path::PathBuf;
@@ -35,6 +39,16 @@ struct Args {
     /// Grant an entitlement (security.insecure, network.host); repeatable; replaces the file's list.
     #[arg(long = "allow-insecure-entitlement", value_name = "ENTITLEMENT")]
     allow_insecure_entitlement: Vec<String>,
+    /// Name of the exec network; the bridge is NAME0.
+    #[arg(long = "network-name", value_name = "NAME", default_value = "dagger")]
+    network_name: String,
+    /// Subnet of the exec network.
+    #[arg(
+        long = "network-cidr",
+        value_name = "CIDR",
+        default_value = "10.87.0.0/16"
+    )]
+    network_cidr: String,
 }
 
 fn main() -> ExitCode {
@@ -49,6 +63,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let args_network = NetworkArgs {
+        name: args.network_name.clone(),
+        cidr: args.network_cidr.clone(),
+    };
     let explicit = args.config.is_some();
     let config_path = args
         .config
@@ -89,6 +107,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Registered before anything listens: a signal that arrives as soon as the first
+        // query is answered must already mean "shut down", not the default "die".
+        let shutdown = shutdown_signal()?;
         let listeners = server::bind(&config.grpc).await?;
         for l in &listeners {
             if let server::Listener::Tcp { .. } = l {
@@ -98,10 +119,14 @@ fn run(args: Args) -> anyhow::Result<()> {
                 );
             }
         }
-        let images = open_stores(&config, &state)?;
+        let (images, meta) = open_stores(&config, &state)?;
+        let execution = start_execution(&config, &state, &args_network).await?;
+        let network = execution.network.clone();
+        let git = GitService::new(state.root().join("git"), images.snapshotter().clone())?;
         let api = api::Api::new(api::ApiState {
             default_platform: oci::Platform::host(),
-            images,
+            solver: Solver::new(images, meta, Some(execution)),
+            git,
         });
         let names: Vec<String> = listeners.iter().map(|l| l.describe()).collect();
         tracing::info!(
@@ -110,7 +135,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             "engine ready, listening on {}",
             names.join(", ")
         );
-        server::serve(listeners, server::router(api), shutdown_signal()).await;
+        server::serve(listeners, server::router(api), shutdown).await;
+        if let Err(e) = network.teardown().await {
+            tracing::warn!("network teardown: {e}");
+        }
         drop(state);
         tracing::info!("engine stopped");
         anyhow::Ok(())
@@ -119,7 +147,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 /// Opens the content store, metadata and snapshotter, repairing what a crash left behind:
 /// stale mounts, half-built snapshots, rows without files and files without rows.
-fn open_stores(config: &Config, state: &StateDir) -> anyhow::Result<ImageService> {
+fn open_stores(config: &Config, state: &StateDir) -> anyhow::Result<(ImageService, Metadata)> {
     for m in sys::mount::mounts_under(state.root()).context("reading mountinfo")? {
         tracing::warn!("unmounting {} left from an earlier run", m.display());
         if let Err(e) = sys::mount::unmount_detach(&m) {
@@ -178,7 +206,35 @@ fn open_stores(config: &Config, state: &StateDir) -> anyhow::Result<ImageService
     };
     let snapshots =
         snapshot::Snapshotter::new(kind, state.snapshots_dir(), state.tmp_dir(), meta.clone());
-    Ok(ImageService::new(registry, content, meta, snapshots))
+    Ok((
+        ImageService::new(registry, content, meta.clone(), snapshots),
+        meta,
+    ))
+}
+
+/// Network flags, as in Dagger's engine: the bridge is `<name>0`.
+struct NetworkArgs {
+    name: String,
+    cidr: String,
+}
+
+/// The executor (runc) and the network execs join.
+async fn start_execution(
+    config: &Config,
+    state: &StateDir,
+    net: &NetworkArgs,
+) -> anyhow::Result<Execution> {
+    let mut opts = NetworkOptions::new(state.root().join("net"));
+    opts.bridge = format!("{}0", net.name);
+    opts.cidr = net
+        .cidr
+        .parse()
+        .with_context(|| format!("--network-cidr {:?} is not an IPv4 CIDR", net.cidr))?;
+    opts.dns = config.dns.clone();
+    let network = Network::setup(opts).await?;
+    let executor =
+        Executor::new(ExecutorOptions::from_config(config, state.executor_dir())).await?;
+    Ok(Execution { executor, network })
 }
 
 fn init_logging(config: &Config) {
@@ -217,17 +273,15 @@ fn report_snapshotter(state: &StateDir) {
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers now and returns the future that resolves on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the engine with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("received SIGTERM"),
-        _ = int.recv() => tracing::info!("received SIGINT"),
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("received SIGTERM"),
+            _ = int.recv() => tracing::info!("received SIGINT"),
+        }
+    })
 }

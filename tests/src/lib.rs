@@ -73,6 +73,8 @@ pub struct Engine {
     child: Option<Child>,
 }
 
+static NEXT_NETWORK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// How long the engine may take to come up in a test.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -114,6 +116,14 @@ impl Engine {
             .arg(&root)
             .arg("--addr")
             .arg(format!("unix://{}", socket.display()));
+        // Every test engine gets its own bridge and subnet, so engines running in parallel
+        // never share addresses and tests never touch a real `dagger0`.
+        let n = NEXT_NETWORK.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let pid = std::process::id();
+        cmd.arg("--network-name")
+            .arg(format!("dt{:x}{n:02x}", pid % 0xffff))
+            .arg("--network-cidr")
+            .arg(format!("10.{}.{}.0/24", 150 + pid % 50, n % 256));
         let tcp_port = opts.tcp.then(free_port);
         if let Some(port) = tcp_port {
             cmd.arg("--addr").arg(format!("tcp://127.0.0.1:{port}"));

@@ -428,7 +428,8 @@ fn state_dir_on_overlayfs_warns_and_falls_back() {
     assert!(warn.contains("is itself on overlayfs"), "{warn}");
     assert!(warn.contains("native"), "{warn}");
     assert!(warn.contains("-v dagger-engine:/var/lib/dagger"), "{warn}");
-    assert!(engine.terminate().success());
+    let status = engine.terminate();
+    assert!(status.success(), "{status}:\n{}", engine.log());
 }
 
 #[test]
@@ -494,7 +495,8 @@ fn runner_host_schemes_without_a_driver_say_so() {
 
 /// With no runner host set, `dagger` starts the engine on the default socket and state dir,
 /// then reuses it. Run in a private mount namespace with tmpfs over /run/dagger,
-/// /var/lib/dagger and /var/log/dagger so the machine's own engine is neither seen nor touched.
+/// /var/lib/dagger and /var/log/dagger, and in a private network namespace (for its bridge), so
+/// the machine's own engine is neither seen nor touched.
 #[test]
 fn embedded_default_starts_then_reuses_the_local_engine() {
     require_root();
@@ -521,6 +523,7 @@ echo EMBEDDED-OK
     let out = Command::new("unshare")
         .args([
             "--mount",
+            "--net",
             "--propagation",
             "private",
             "--",
@@ -568,6 +571,7 @@ cat err
     let out = Command::new("unshare")
         .args([
             "--mount",
+            "--net",
             "--propagation",
             "private",
             "--",

@@ -1,127 +1,167 @@
-//! `Container`, with the values it carries from its image config.
+//! `Container`: a node of the operation graph. Mutations return new nodes without running
+//! anything; fields that need values evaluate through the solver.
 
 use super::directory::{Directory, File};
-use super::enums::{ExistsType, NetworkProtocol};
-use super::fs::{self, join, with_root};
-use super::{gql_error, ApiState, PlatformScalar};
-use crate::image::ImageConfig;
-use crate::oci::{Platform, Reference};
-use crate::snapshot::SnapshotId;
-use async_graphql::{Context, Object, Result, SimpleObject};
+use super::enums::{ExistsType, NetworkProtocol, ReturnType};
+use super::{solve_error, ApiState, PlatformScalar};
+use crate::solver::node::{ConfigChange, ContainerNode, DirectoryNode, ExecArgs, Expect, FileNode};
+use crate::solver::{id, ContainerValue};
+use async_graphql::{Context, Object, Result, ID};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// An OCI-compatible container, also known as a Docker container.
 #[derive(Clone)]
-pub struct Container(pub(crate) Arc<ContainerState>);
-
-#[derive(Clone, Debug)]
-pub(crate) struct ContainerState {
-    pub platform: Platform,
-    pub rootfs: Option<SnapshotId>,
-    pub config: ImageConfig,
-    /// Set right after `from`; cleared by changes.
-    pub image_ref: Option<String>,
-}
+pub struct Container(pub(crate) Arc<ContainerNode>);
 
 impl Container {
-    pub(crate) fn scratch(platform: Platform) -> Self {
-        Container(Arc::new(ContainerState {
-            platform,
-            rootfs: None,
-            config: ImageConfig::default(),
-            image_ref: None,
-        }))
+    pub(crate) fn new(node: ContainerNode) -> Self {
+        Container(Arc::new(node))
     }
 
-    /// A changed copy: the image reference no longer describes it.
-    fn with(&self, f: impl FnOnce(&mut ContainerState)) -> Container {
-        let mut next = (*self.0).clone();
-        next.image_ref = None;
-        f(&mut next);
-        Container(Arc::new(next))
+    fn parent(&self) -> Box<ContainerNode> {
+        Box::new((*self.0).clone())
     }
 
-    fn expand(&self, s: String, expand: bool) -> String {
-        if expand {
-            crate::util::expand(&s, crate::util::env_lookup(&self.0.config.env))
-        } else {
-            s
-        }
+    fn config(&self, change: ConfigChange) -> Container {
+        Container::new(ContainerNode::Config {
+            parent: self.parent(),
+            change,
+        })
     }
 
-    fn cwd(&self) -> &str {
-        if self.0.config.workdir.is_empty() {
-            "/"
-        } else {
-            &self.0.config.workdir
-        }
+    async fn value(&self, ctx: &Context<'_>) -> Result<Arc<ContainerValue>> {
+        let state = ctx.data_unchecked::<Arc<ApiState>>();
+        state
+            .solver
+            .container(&self.0)
+            .await
+            .map_err(|e| solve_error(&e))
     }
-}
 
-fn env_name(kv: &str) -> &str {
-    kv.split_once('=').map(|(k, _)| k).unwrap_or(kv)
+    async fn last_exec(&self, ctx: &Context<'_>) -> Result<Arc<crate::solver::ExecResult>> {
+        self.value(ctx).await?.exec.clone().ok_or_else(|| {
+            super::gql_error(
+                crate::ErrorKind::InvalidArgument,
+                "no command has been executed: call withExec first".into(),
+            )
+        })
+    }
 }
 
 /// An environment variable name and value.
-#[derive(SimpleObject, Clone)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct EnvVariable {
-    /// The environment variable name.
     pub name: String,
-    /// The environment variable value.
     pub value: String,
+}
+
+#[Object]
+impl EnvVariable {
+    /// A unique identifier for this EnvVariable.
+    pub async fn id(&self) -> ID {
+        ID(id::encode("EnvVariable", self))
+    }
+    /// The environment variable name.
+    async fn name(&self) -> &str {
+        &self.name
+    }
+    /// The environment variable value.
+    async fn value(&self) -> &str {
+        &self.value
+    }
 }
 
 /// A simple key value object that represents a label.
-#[derive(SimpleObject, Clone)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Label {
-    /// The label name.
     pub name: String,
-    /// The label value.
     pub value: String,
 }
 
+#[Object]
+impl Label {
+    /// A unique identifier for this Label.
+    pub async fn id(&self) -> ID {
+        ID(id::encode("Label", self))
+    }
+    /// The label name.
+    async fn name(&self) -> &str {
+        &self.name
+    }
+    /// The label value.
+    async fn value(&self) -> &str {
+        &self.value
+    }
+}
+
 /// A port exposed by a container.
-#[derive(SimpleObject, Clone)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Port {
-    /// The port number.
     pub port: i32,
-    /// The transport layer protocol.
     pub protocol: NetworkProtocol,
-    /// The port description.
     pub description: Option<String>,
+}
+
+#[Object]
+impl Port {
+    /// A unique identifier for this Port.
+    pub async fn id(&self) -> ID {
+        ID(id::encode("Port", self))
+    }
+    /// The port number.
+    async fn port(&self) -> i32 {
+        self.port
+    }
+    /// The transport layer protocol.
+    async fn protocol(&self) -> NetworkProtocol {
+        self.protocol
+    }
+    /// The port description.
+    async fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
     /// Skip the health check when run as a service.
-    pub experimental_skip_healthcheck: bool,
+    async fn experimental_skip_healthcheck(&self) -> bool {
+        false
+    }
 }
 
 #[Object]
 impl Container {
+    /// A unique identifier for this Container.
+    pub async fn id(&self) -> ID {
+        ID(id::encode("Container", &*self.0))
+    }
+
+    /// Forces evaluation of the pipeline in the engine.
+    ///
+    /// It doesn't run the default command if no exec has been set.
+    async fn sync(&self, ctx: &Context<'_>) -> Result<ID> {
+        self.value(ctx).await?;
+        Ok(ID(id::encode("Container", &*self.0)))
+    }
+
     /// Initializes this container from a pulled base image.
-    async fn from(&self, ctx: &Context<'_>, address: String) -> Result<Container> {
-        let state = ctx.data_unchecked::<Arc<ApiState>>();
-        let reference = Reference::parse(&address)
-            .map_err(|e| gql_error(crate::ErrorKind::InvalidArgument, e.to_string()))?;
-        let image = state
-            .images
-            .pull(&reference, &self.0.platform)
-            .await
-            .map_err(|e| super::classified(&*e))?;
-        Ok(Container(Arc::new(ContainerState {
-            platform: self.0.platform.clone(),
-            rootfs: image.rootfs.clone(),
-            config: image.config.clone(),
-            image_ref: Some(image.reference.to_string()),
-        })))
+    async fn from(&self, address: String) -> Container {
+        Container::new(ContainerNode::From {
+            parent: self.parent(),
+            address,
+        })
     }
 
     /// The platform this container executes and publishes as.
-    async fn platform(&self) -> PlatformScalar {
-        PlatformScalar(self.0.platform.clone())
+    async fn platform(&self, ctx: &Context<'_>) -> Result<PlatformScalar> {
+        let v = self.value(ctx).await?;
+        crate::oci::Platform::parse(&v.platform)
+            .map(PlatformScalar)
+            .map_err(|e| super::gql_error(crate::ErrorKind::Internal, e.to_string()))
     }
 
     /// The unique image reference which can only be retrieved immediately after the 'Container.From' call.
-    async fn image_ref(&self) -> Result<String> {
-        self.0.image_ref.clone().ok_or_else(|| {
-            gql_error(
+    async fn image_ref(&self, ctx: &Context<'_>) -> Result<String> {
+        self.value(ctx).await?.image_ref.clone().ok_or_else(|| {
+            super::gql_error(
                 crate::ErrorKind::InvalidArgument,
                 "Image reference can only be retrieved immediately after the 'Container.From' call"
                     .into(),
@@ -131,37 +171,25 @@ impl Container {
 
     /// Retrieves this container's root filesystem. Mounts are not included.
     async fn rootfs(&self) -> Directory {
-        Directory::new(self.0.rootfs.clone(), "/".into())
+        Directory::new(DirectoryNode::Rootfs {
+            container: self.parent(),
+        })
     }
 
     /// Retrieves a directory at the given path. Mounts are included.
-    async fn directory(&self, ctx: &Context<'_>, path: String) -> Result<Directory> {
-        let state = ctx.data_unchecked::<Arc<ApiState>>();
-        let abs = join(self.cwd(), &path);
-        let check = abs.clone();
-        with_root(
-            state.images.snapshotter(),
-            self.0.rootfs.clone(),
-            move |root| fs::require_dir(root, &check),
-        )
-        .await
-        .map_err(|e| super::classified(&e))?;
-        Ok(Directory::new(self.0.rootfs.clone(), abs))
+    async fn directory(&self, path: String) -> Directory {
+        Directory::new(DirectoryNode::InContainer {
+            container: self.parent(),
+            path,
+        })
     }
 
     /// Retrieves a file at the given path. Mounts are included.
-    async fn file(&self, ctx: &Context<'_>, path: String) -> Result<File> {
-        let state = ctx.data_unchecked::<Arc<ApiState>>();
-        let abs = join(self.cwd(), &path);
-        let check = abs.clone();
-        with_root(
-            state.images.snapshotter(),
-            self.0.rootfs.clone(),
-            move |root| fs::require_file(root, &check),
-        )
-        .await
-        .map_err(|e| super::classified(&e))?;
-        Ok(File::new(self.0.rootfs.clone(), abs))
+    async fn file(&self, path: String) -> File {
+        File::new(FileNode::InContainer {
+            container: self.parent(),
+            path,
+        })
     }
 
     /// check if a file or directory exists
@@ -172,10 +200,87 @@ impl Container {
         expected_type: Option<ExistsType>,
         #[graphql(default = false)] do_not_follow_symlinks: bool,
     ) -> Result<bool> {
-        let abs = join(self.cwd(), &path);
-        Directory::new(self.0.rootfs.clone(), "/".into())
-            .exists_at(ctx, abs, expected_type, do_not_follow_symlinks)
-            .await
+        let v = self.value(ctx).await?;
+        let abs = crate::solver::fs::join(v.cwd(), &path);
+        super::directory::exists_in(
+            ctx,
+            v.rootfs.clone(),
+            abs,
+            expected_type,
+            do_not_follow_symlinks,
+        )
+        .await
+    }
+
+    /// Execute a command in the container, and return a new snapshot of the container state after execution.
+    #[allow(clippy::too_many_arguments)]
+    async fn with_exec(
+        &self,
+        args: Vec<String>,
+        #[graphql(default = false)] use_entrypoint: bool,
+        #[graphql(default)] stdin: String,
+        #[graphql(default)] redirect_stdin: String,
+        #[graphql(default)] redirect_stdout: String,
+        #[graphql(default)] redirect_stderr: String,
+        #[graphql(default_with = "ReturnType::Success")] expect: ReturnType,
+        #[graphql(default = false)] experimental_privileged_nesting: bool,
+        #[graphql(default = false)] insecure_root_capabilities: bool,
+        #[graphql(default = false)] expand: bool,
+        #[graphql(default = false)] no_init: bool,
+    ) -> Result<Container> {
+        if experimental_privileged_nesting {
+            return Err(super::gql_error(
+                crate::ErrorKind::InvalidArgument,
+                "experimentalPrivilegedNesting is not supported by this engine yet".into(),
+            ));
+        }
+        Ok(Container::new(ContainerNode::Exec {
+            parent: self.parent(),
+            exec: ExecArgs {
+                args,
+                use_entrypoint,
+                stdin,
+                redirect_stdin,
+                redirect_stdout,
+                redirect_stderr,
+                expect: match expect {
+                    ReturnType::Success => Expect::Success,
+                    ReturnType::Failure => Expect::Failure,
+                    ReturnType::Any => Expect::Any,
+                },
+                insecure_root_capabilities,
+                expand,
+                no_init,
+            },
+        }))
+    }
+
+    /// The output stream of the last executed command.
+    ///
+    /// Returns an error if no command was executed.
+    async fn stdout(&self, ctx: &Context<'_>) -> Result<String> {
+        Ok(self.last_exec(ctx).await?.stdout.clone())
+    }
+
+    /// The error stream of the last executed command.
+    ///
+    /// Returns an error if no command was executed.
+    async fn stderr(&self, ctx: &Context<'_>) -> Result<String> {
+        Ok(self.last_exec(ctx).await?.stderr.clone())
+    }
+
+    /// The combined output of the last executed command: stdout and stderr as they were written.
+    ///
+    /// Returns an error if no command was executed.
+    async fn combined_output(&self, ctx: &Context<'_>) -> Result<String> {
+        Ok(self.last_exec(ctx).await?.combined.clone())
+    }
+
+    /// The exit code of the last executed command.
+    ///
+    /// Returns an error if no command was executed.
+    async fn exit_code(&self, ctx: &Context<'_>) -> Result<i32> {
+        Ok(self.last_exec(ctx).await?.exit_code)
     }
 
     /// Retrieves this container plus the given environment variable.
@@ -185,19 +290,16 @@ impl Container {
         value: String,
         #[graphql(default = false)] expand: bool,
     ) -> Container {
-        let value = self.expand(value, expand);
-        self.with(|s| {
-            let entry = format!("{name}={value}");
-            match s.config.env.iter_mut().find(|kv| env_name(kv) == name) {
-                Some(existing) => *existing = entry,
-                None => s.config.env.push(entry),
-            }
+        self.config(ConfigChange::SetEnv {
+            name,
+            value,
+            expand,
         })
     }
 
     /// Retrieves this container minus the given environment variable.
     async fn without_env_variable(&self, name: String) -> Container {
-        self.with(|s| s.config.env.retain(|kv| env_name(kv) != name))
+        self.config(ConfigChange::UnsetEnv { name })
     }
 
     /// Retrieves this container with a different working directory.
@@ -206,27 +308,26 @@ impl Container {
         path: String,
         #[graphql(default = false)] expand: bool,
     ) -> Container {
-        let path = join(self.cwd(), &self.expand(path, expand));
-        self.with(|s| s.config.workdir = path)
+        self.config(ConfigChange::Workdir { path, expand })
     }
 
     /// Retrieves this container with an unset working directory.
     ///
     /// Should default to "/".
     async fn without_workdir(&self) -> Container {
-        self.with(|s| s.config.workdir.clear())
+        self.config(ConfigChange::NoWorkdir)
     }
 
     /// Retrieves this container with a different command user.
     async fn with_user(&self, name: String) -> Container {
-        self.with(|s| s.config.user = name)
+        self.config(ConfigChange::User { name })
     }
 
     /// Retrieves this container with an unset command user.
     ///
     /// Should default to root.
     async fn without_user(&self) -> Container {
-        self.with(|s| s.config.user.clear())
+        self.config(ConfigChange::NoUser)
     }
 
     /// Retrieves this container but with a different command entrypoint.
@@ -235,11 +336,9 @@ impl Container {
         args: Vec<String>,
         #[graphql(default = false)] keep_default_args: bool,
     ) -> Container {
-        self.with(|s| {
-            s.config.entrypoint = args;
-            if !keep_default_args {
-                s.config.cmd.clear();
-            }
+        self.config(ConfigChange::Entrypoint {
+            args,
+            keep_default_args,
         })
     }
 
@@ -248,41 +347,34 @@ impl Container {
         &self,
         #[graphql(default = false)] keep_default_args: bool,
     ) -> Container {
-        self.with(|s| {
-            s.config.entrypoint.clear();
-            if !keep_default_args {
-                s.config.cmd.clear();
-            }
-        })
+        self.config(ConfigChange::NoEntrypoint { keep_default_args })
     }
 
     /// Configures default arguments for future commands.
     async fn with_default_args(&self, args: Vec<String>) -> Container {
-        self.with(|s| s.config.cmd = args)
+        self.config(ConfigChange::DefaultArgs { args })
     }
 
     /// Retrieves this container with unset default arguments for future commands.
     async fn without_default_args(&self) -> Container {
-        self.with(|s| s.config.cmd.clear())
+        self.config(ConfigChange::NoDefaultArgs)
     }
 
     /// Retrieves this container plus the given label.
     async fn with_label(&self, name: String, value: String) -> Container {
-        self.with(|s| {
-            s.config.labels.insert(name, value);
-        })
+        self.config(ConfigChange::Label { name, value })
     }
 
     /// Retrieves this container minus the given label.
     async fn without_label(&self, name: String) -> Container {
-        self.with(|s| {
-            s.config.labels.remove(&name);
-        })
+        self.config(ConfigChange::NoLabel { name })
     }
 
     /// Retrieves the list of environment variables passed to commands.
-    async fn env_variables(&self) -> Vec<EnvVariable> {
-        self.0
+    async fn env_variables(&self, ctx: &Context<'_>) -> Result<Vec<EnvVariable>> {
+        Ok(self
+            .value(ctx)
+            .await?
             .config
             .env
             .iter()
@@ -293,40 +385,41 @@ impl Container {
                     value: value.into(),
                 }
             })
-            .collect()
+            .collect())
     }
 
     /// Retrieves the value of the specified environment variable.
-    async fn env_variable(&self, name: String) -> Option<String> {
-        self.0.config.env.iter().rev().find_map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k == name).then(|| v.to_string())
-        })
+    async fn env_variable(&self, ctx: &Context<'_>, name: String) -> Result<Option<String>> {
+        let v = self.value(ctx).await?;
+        let value = crate::util::env_lookup(&v.config.env)(&name);
+        Ok(value)
     }
 
     /// Return the container's entrypoint.
-    async fn entrypoint(&self) -> Vec<String> {
-        self.0.config.entrypoint.clone()
+    async fn entrypoint(&self, ctx: &Context<'_>) -> Result<Vec<String>> {
+        Ok(self.value(ctx).await?.config.entrypoint.clone())
     }
 
     /// Return the container's default arguments.
-    async fn default_args(&self) -> Vec<String> {
-        self.0.config.cmd.clone()
+    async fn default_args(&self, ctx: &Context<'_>) -> Result<Vec<String>> {
+        Ok(self.value(ctx).await?.config.cmd.clone())
     }
 
     /// Retrieves the working directory for all commands.
-    async fn workdir(&self) -> String {
-        self.0.config.workdir.clone()
+    async fn workdir(&self, ctx: &Context<'_>) -> Result<String> {
+        Ok(self.value(ctx).await?.config.workdir.clone())
     }
 
     /// Retrieves the user to be set for all commands.
-    async fn user(&self) -> String {
-        self.0.config.user.clone()
+    async fn user(&self, ctx: &Context<'_>) -> Result<String> {
+        Ok(self.value(ctx).await?.config.user.clone())
     }
 
     /// Retrieves the list of labels passed to container.
-    async fn labels(&self) -> Vec<Label> {
-        self.0
+    async fn labels(&self, ctx: &Context<'_>) -> Result<Vec<Label>> {
+        Ok(self
+            .value(ctx)
+            .await?
             .config
             .labels
             .iter()
@@ -334,17 +427,19 @@ impl Container {
                 name: name.clone(),
                 value: value.clone(),
             })
-            .collect()
+            .collect())
     }
 
     /// Retrieves the value of the specified label.
-    async fn label(&self, name: String) -> Option<String> {
-        self.0.config.labels.get(&name).cloned()
+    async fn label(&self, ctx: &Context<'_>, name: String) -> Result<Option<String>> {
+        Ok(self.value(ctx).await?.config.labels.get(&name).cloned())
     }
 
     /// Retrieves the list of exposed ports.
-    async fn exposed_ports(&self) -> Vec<Port> {
-        self.0
+    async fn exposed_ports(&self, ctx: &Context<'_>) -> Result<Vec<Port>> {
+        Ok(self
+            .value(ctx)
+            .await?
             .config
             .exposed_ports
             .iter()
@@ -358,9 +453,8 @@ impl Container {
                         NetworkProtocol::Tcp
                     },
                     description: None,
-                    experimental_skip_healthcheck: false,
                 })
             })
-            .collect()
+            .collect())
     }
 }

@@ -1,114 +1,121 @@
-//! `Directory` and `File`: trees and files inside a snapshot.
+//! `Directory` and `File`: nodes of the operation graph; reads evaluate them and look inside
+//! the resulting snapshot through a read-only view.
 
 use super::enums::ExistsType;
-use super::fs::{self, join, with_root};
-use super::{classified, ApiState};
+use super::{solve_error, ApiState};
 use crate::snapshot::SnapshotId;
+use crate::solver::fs::{self, with_root};
+use crate::solver::id;
+use crate::solver::node::{DirectoryNode, FileNode};
 use crate::sys::inroot::EntryKind;
-use async_graphql::{Context, Object, Result};
+use async_graphql::{Context, Object, Result, ID};
 use std::io::Read;
 use std::sync::Arc;
 
 /// Cap on `File.contents`: the whole file travels in one JSON string.
 const MAX_CONTENTS_BYTES: u64 = 128 << 20;
 
-/// A directory.
-#[derive(Clone)]
-pub struct Directory {
-    snapshot: Option<SnapshotId>,
-    /// Absolute path of this directory inside the snapshot.
-    path: String,
+fn state<'a>(ctx: &Context<'a>) -> &'a Arc<ApiState> {
+    ctx.data_unchecked::<Arc<ApiState>>()
 }
 
+pub(crate) async fn exists_in(
+    ctx: &Context<'_>,
+    snapshot: Option<SnapshotId>,
+    abs: String,
+    expected: Option<ExistsType>,
+    no_follow: bool,
+) -> Result<bool> {
+    with_root(state(ctx).solver.snapshotter(), snapshot, move |root| {
+        Ok(match root.stat(&abs, !no_follow) {
+            Ok(st) => match expected {
+                None => true,
+                Some(ExistsType::Regular) => st.kind == EntryKind::File,
+                Some(ExistsType::Directory) => st.kind == EntryKind::Dir,
+                Some(ExistsType::Symlink) => st.kind == EntryKind::Symlink,
+            },
+            Err(_) => false,
+        })
+    })
+    .await
+    .map_err(|e| solve_error(&e.into()))
+}
+
+/// A directory.
+#[derive(Clone)]
+pub struct Directory(pub(crate) Arc<DirectoryNode>);
+
 impl Directory {
-    pub(crate) fn new(snapshot: Option<SnapshotId>, path: String) -> Self {
-        Directory { snapshot, path }
+    pub(crate) fn new(node: DirectoryNode) -> Self {
+        Directory(Arc::new(node))
     }
 
-    pub(crate) async fn exists_at(
-        &self,
-        ctx: &Context<'_>,
-        abs: String,
-        expected: Option<ExistsType>,
-        no_follow: bool,
-    ) -> Result<bool> {
-        let state = ctx.data_unchecked::<Arc<ApiState>>();
-        with_root(
-            state.images.snapshotter(),
-            self.snapshot.clone(),
-            move |root| {
-                Ok(match root.stat(&abs, !no_follow) {
-                    Ok(st) => match expected {
-                        None => true,
-                        Some(ExistsType::Regular) => st.kind == EntryKind::File,
-                        Some(ExistsType::Directory) => st.kind == EntryKind::Dir,
-                        Some(ExistsType::Symlink) => st.kind == EntryKind::Symlink,
-                    },
-                    Err(_) => false,
-                })
-            },
-        )
-        .await
-        .map_err(|e| classified(&e))
+    fn node(&self) -> Box<DirectoryNode> {
+        Box::new((*self.0).clone())
+    }
+
+    async fn tree(&self, ctx: &Context<'_>) -> Result<Arc<crate::solver::TreeRef>> {
+        state(ctx)
+            .solver
+            .directory(&self.0)
+            .await
+            .map_err(|e| solve_error(&e))
     }
 }
 
 #[Object]
 impl Directory {
+    /// A unique identifier for this Directory.
+    pub async fn id(&self) -> ID {
+        ID(id::encode("Directory", &*self.0))
+    }
+
+    /// Force evaluation in the engine.
+    async fn sync(&self, ctx: &Context<'_>) -> Result<ID> {
+        self.tree(ctx).await?;
+        Ok(ID(id::encode("Directory", &*self.0)))
+    }
+
     /// Returns a list of files and directories at the given path.
     async fn entries(&self, ctx: &Context<'_>, path: Option<String>) -> Result<Vec<String>> {
-        let state = ctx.data_unchecked::<Arc<ApiState>>();
-        let abs = join(&self.path, path.as_deref().unwrap_or("."));
+        let t = self.tree(ctx).await?;
+        let abs = fs::join(&t.path, path.as_deref().unwrap_or("."));
         with_root(
-            state.images.snapshotter(),
-            self.snapshot.clone(),
+            state(ctx).solver.snapshotter(),
+            t.snapshot.clone(),
             move |root| fs::entries(root, &abs),
         )
         .await
-        .map_err(|e| classified(&e))
+        .map_err(|e| solve_error(&e.into()))
     }
 
     /// Returns a list of files and directories that matche the given pattern.
     async fn glob(&self, ctx: &Context<'_>, pattern: String) -> Result<Vec<String>> {
-        let state = ctx.data_unchecked::<Arc<ApiState>>();
-        let dir = self.path.clone();
+        let t = self.tree(ctx).await?;
+        let dir = t.path.clone();
         with_root(
-            state.images.snapshotter(),
-            self.snapshot.clone(),
+            state(ctx).solver.snapshotter(),
+            t.snapshot.clone(),
             move |root| fs::glob(root, &dir, &pattern),
         )
         .await
-        .map_err(|e| classified(&e))
+        .map_err(|e| solve_error(&e.into()))
     }
 
     /// Retrieves a directory at the given path.
-    async fn directory(&self, ctx: &Context<'_>, path: String) -> Result<Directory> {
-        let state = ctx.data_unchecked::<Arc<ApiState>>();
-        let abs = join(&self.path, &path);
-        let check = abs.clone();
-        with_root(
-            state.images.snapshotter(),
-            self.snapshot.clone(),
-            move |root| fs::require_dir(root, &check),
-        )
-        .await
-        .map_err(|e| classified(&e))?;
-        Ok(Directory::new(self.snapshot.clone(), abs))
+    async fn directory(&self, path: String) -> Directory {
+        Directory::new(DirectoryNode::Sub {
+            parent: self.node(),
+            path,
+        })
     }
 
     /// Retrieves a file at the given path.
-    async fn file(&self, ctx: &Context<'_>, path: String) -> Result<File> {
-        let state = ctx.data_unchecked::<Arc<ApiState>>();
-        let abs = join(&self.path, &path);
-        let check = abs.clone();
-        with_root(
-            state.images.snapshotter(),
-            self.snapshot.clone(),
-            move |root| fs::require_file(root, &check),
-        )
-        .await
-        .map_err(|e| classified(&e))?;
-        Ok(File::new(self.snapshot.clone(), abs))
+    async fn file(&self, path: String) -> File {
+        File::new(FileNode::InDirectory {
+            directory: self.node(),
+            path,
+        })
     }
 
     /// check if a file or directory exists
@@ -119,27 +126,50 @@ impl Directory {
         expected_type: Option<ExistsType>,
         #[graphql(default = false)] do_not_follow_symlinks: bool,
     ) -> Result<bool> {
-        let abs = join(&self.path, &path);
-        self.exists_at(ctx, abs, expected_type, do_not_follow_symlinks)
-            .await
+        let t = self.tree(ctx).await?;
+        let abs = fs::join(&t.path, &path);
+        exists_in(
+            ctx,
+            t.snapshot.clone(),
+            abs,
+            expected_type,
+            do_not_follow_symlinks,
+        )
+        .await
     }
 }
 
 /// A file.
 #[derive(Clone)]
-pub struct File {
-    snapshot: Option<SnapshotId>,
-    path: String,
-}
+pub struct File(pub(crate) Arc<FileNode>);
 
 impl File {
-    pub(crate) fn new(snapshot: Option<SnapshotId>, path: String) -> Self {
-        File { snapshot, path }
+    pub(crate) fn new(node: FileNode) -> Self {
+        File(Arc::new(node))
+    }
+
+    async fn tree(&self, ctx: &Context<'_>) -> Result<Arc<crate::solver::TreeRef>> {
+        state(ctx)
+            .solver
+            .file(&self.0)
+            .await
+            .map_err(|e| solve_error(&e))
     }
 }
 
 #[Object]
 impl File {
+    /// A unique identifier for this File.
+    pub async fn id(&self) -> ID {
+        ID(id::encode("File", &*self.0))
+    }
+
+    /// Force evaluation in the engine.
+    async fn sync(&self, ctx: &Context<'_>) -> Result<ID> {
+        self.tree(ctx).await?;
+        Ok(ID(id::encode("File", &*self.0)))
+    }
+
     /// Retrieves the contents of the file.
     async fn contents(
         &self,
@@ -147,11 +177,11 @@ impl File {
         offset_lines: Option<i32>,
         limit_lines: Option<i32>,
     ) -> Result<String> {
-        let state = ctx.data_unchecked::<Arc<ApiState>>();
-        let path = self.path.clone();
+        let t = self.tree(ctx).await?;
+        let path = t.path.clone();
         let text = with_root(
-            state.images.snapshotter(),
-            self.snapshot.clone(),
+            state(ctx).solver.snapshotter(),
+            t.snapshot.clone(),
             move |root| {
                 let size = fs::require_file(root, &path)?;
                 if size > MAX_CONTENTS_BYTES {
@@ -170,7 +200,7 @@ impl File {
             },
         )
         .await
-        .map_err(|e| classified(&e))?;
+        .map_err(|e| solve_error(&e.into()))?;
         if offset_lines.is_none() && limit_lines.is_none() {
             return Ok(text);
         }
@@ -181,20 +211,21 @@ impl File {
 
     /// Retrieves the size of the file, in bytes.
     async fn size(&self, ctx: &Context<'_>) -> Result<i64> {
-        let state = ctx.data_unchecked::<Arc<ApiState>>();
-        let path = self.path.clone();
+        let t = self.tree(ctx).await?;
+        let path = t.path.clone();
         let size = with_root(
-            state.images.snapshotter(),
-            self.snapshot.clone(),
+            state(ctx).solver.snapshotter(),
+            t.snapshot.clone(),
             move |root| fs::require_file(root, &path),
         )
         .await
-        .map_err(|e| classified(&e))?;
+        .map_err(|e| solve_error(&e.into()))?;
         Ok(size as i64)
     }
 
     /// Retrieves the name of the file.
-    async fn name(&self) -> String {
-        self.path.rsplit('/').next().unwrap_or_default().to_string()
+    async fn name(&self, ctx: &Context<'_>) -> Result<String> {
+        let t = self.tree(ctx).await?;
+        Ok(t.path.rsplit('/').next().unwrap_or_default().to_string())
     }
 }

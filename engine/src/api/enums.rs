@@ -15,7 +15,7 @@ pub enum ExistsType {
 }
 
 /// Transport layer network protocol associated to a port.
-#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum NetworkProtocol {
     #[graphql(name = "TCP")]
     Tcp,

@@ -4,28 +4,31 @@
 mod container;
 mod directory;
 mod enums;
-mod fs;
+mod git;
+mod node;
 mod query;
 mod scalars;
 
 pub use container::Container;
 pub use directory::{Directory, File};
+pub use git::{GitRef, GitRepository};
 pub use query::QueryRoot;
 pub use scalars::PlatformScalar;
 
 use crate::error::{Classify, ErrorKind};
-use crate::image::ImageService;
 use crate::oci::Platform;
+use crate::solver::{SolveError, Solver};
 use async_graphql::ErrorExtensions;
 use async_graphql::{
     EmptyMutation, EmptySubscription, ObjectType, Request, Response, Schema, SchemaBuilder,
     SubscriptionType, ValidationMode,
 };
 
-/// What resolvers can reach. Grows with the core (solver, stores) in later layers.
+/// What resolvers can reach: the core they adapt.
 pub struct ApiState {
     pub default_platform: Platform,
-    pub images: ImageService,
+    pub solver: Solver,
+    pub git: crate::git::GitService,
 }
 
 /// A GraphQL error whose `extensions.code` says what kind of failure it was.
@@ -36,6 +39,25 @@ pub(crate) fn gql_error(kind: ErrorKind, message: String) -> async_graphql::Erro
 /// Maps a module error to a GraphQL error, keeping its message and kind.
 pub(crate) fn classified<E: Classify + std::fmt::Display + ?Sized>(e: &E) -> async_graphql::Error {
     gql_error(e.kind(), e.to_string())
+}
+
+/// Maps a solver error to a GraphQL error. A failed exec becomes the error the SDKs turn into
+/// `ExecError`: `_type: EXEC_ERROR` with `cmd`, `exitCode`, `stdout` and `stderr` always set.
+pub(crate) fn solve_error(e: &SolveError) -> async_graphql::Error {
+    let Some(f) = e.exec_failure() else {
+        return classified(e);
+    };
+    let f = f.clone();
+    async_graphql::Error::new(f.message()).extend_with(move |_, ext| {
+        ext.set("_type", "EXEC_ERROR");
+        ext.set("cmd", f.cmd.clone());
+        ext.set("exitCode", f.exit_code);
+        ext.set("stdout", f.stdout.clone());
+        ext.set("stderr", f.stderr.clone());
+        if f.oom_killed {
+            ext.set("oomKilled", true);
+        }
+    })
 }
 
 /// The served API.

@@ -26,3 +26,38 @@ impl ScalarType for PlatformScalar {
         Value::String(self.0.to_string())
     }
 }
+
+/// The legacy per-type ID scalars (`ContainerID`...), the argument types of the
+/// `load<T>FromID` loaders that SDKs generated before v0.22 call.
+macro_rules! id_scalar {
+    ($rust:ident, $name:literal) => {
+        #[doc = concat!("The `", $name, "` scalar type represents an identifier for an object of that type.")]
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $rust(pub String);
+
+        #[Scalar(name = $name)]
+        impl ScalarType for $rust {
+            fn parse(value: Value) -> InputValueResult<Self> {
+                match value {
+                    Value::String(s) => Ok($rust(s)),
+                    other => Err(InputValueError::expected_type(other)),
+                }
+            }
+
+            fn is_valid(value: &Value) -> bool {
+                matches!(value, Value::String(_))
+            }
+
+            fn to_value(&self) -> Value {
+                Value::String(self.0.clone())
+            }
+        }
+    };
+}
+
+id_scalar!(ContainerId, "ContainerID");
+id_scalar!(DirectoryId, "DirectoryID");
+id_scalar!(FileId, "FileID");
+id_scalar!(EnvVariableId, "EnvVariableID");
+id_scalar!(LabelId, "LabelID");
+id_scalar!(PortId, "PortID");

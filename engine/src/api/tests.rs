@@ -21,9 +21,12 @@ fn api() -> Api {
         dir.join("tmp"),
         meta.clone(),
     );
+    let images = crate::image::ImageService::new(registry, content, meta.clone(), snapshots);
+    let git = crate::git::GitService::new(dir.join("git"), images.snapshotter().clone()).unwrap();
     Api::new(ApiState {
         default_platform: Platform::parse("linux/amd64").unwrap(),
-        images: crate::image::ImageService::new(registry, content, meta, snapshots),
+        solver: crate::solver::Solver::new(images, meta, None),
+        git,
     })
 }
 

@@ -1,10 +1,10 @@
 //! The parts of an OCI/Docker image config a container uses. Parsed leniently (Docker and OCI
 //! configs differ in small ways, and null is common where a list is expected).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageConfig {
     pub os: String,
     pub architecture: String,

@@ -4,6 +4,7 @@
 //! concurrent downloads of the same blob share one download.
 
 mod config;
+mod stream;
 
 pub use config::ImageConfig;
 
@@ -151,8 +152,14 @@ impl ImageService {
         };
 
         let (config_digest, config_size) = resolved.config.clone();
-        self.ensure_blob(reference, &config_digest, config_size, CONFIG_MEDIA_TYPE)
-            .await?;
+        self.ensure_blob(
+            reference,
+            &config_digest,
+            config_size,
+            CONFIG_MEDIA_TYPE,
+            None,
+        )
+        .await?;
         let raw_config = {
             let content = self.inner.content.clone();
             let d = config_digest.clone();
@@ -195,40 +202,59 @@ impl ImageService {
         }
 
         // Download every missing layer in parallel (the registry client bounds connections per
-        // host) and apply each, in order, as soon as it has arrived; later layers keep
-        // downloading while earlier ones unpack.
+        // host) and apply each, in order. A layer whose turn comes while it is still
+        // downloading from byte 0 unpacks as its bytes arrive (see `stream`); one that already
+        // downloaded (or resumed an earlier download) unpacks from the content store. Either way
+        // decompression runs on a second thread, and later layers keep downloading meanwhile.
         let mut downloads = Vec::new();
         for (digest, size, media_type) in &layers[have..] {
             let digest = Digest::parse(digest).map_err(|e| invalid(e.to_string()))?;
-            downloads.push((digest, *size, media_type.clone()));
+            downloads.push((digest, *size, media_type.clone(), stream::Tap::new()));
         }
+        // An abandoned pull stops its appliers at their next read.
+        let _abandon = AbandonTaps(downloads.iter().map(|d| d.3.clone()).collect());
         let mut fetches: std::collections::VecDeque<_> = downloads
             .iter()
-            .map(|(digest, size, media_type)| {
-                let (svc, reference, digest, size, media_type) = (
+            .map(|(digest, size, media_type, tap)| {
+                let (svc, reference, digest, size, media_type, tap) = (
                     self.clone(),
                     reference.clone(),
                     digest.clone(),
                     *size,
                     media_type.clone(),
+                    tap.clone(),
                 );
                 AbortOnDrop(tokio::spawn(async move {
+                    let _close = CloseTap(tap.clone());
                     let start = since();
-                    svc.ensure_blob(&reference, &digest, size, &media_type)
+                    svc.ensure_blob(&reference, &digest, size, &media_type, Some(tap))
                         .await
                         .map(|()| (start, since()))
                 }))
             })
             .collect();
 
-        for (offset, (blob, _, _)) in downloads.iter().enumerate() {
+        for (offset, (blob, size, _, tap)) in downloads.iter().enumerate() {
             let index = have + offset;
-            let waiting = since();
-            let mut download = (0, 0);
-            if let Some(mut fetch) = fetches.pop_front() {
-                download = (&mut fetch.0)
-                    .await
-                    .map_err(|e| ImageError::Internal(e.to_string()))??;
+            let turn = since();
+            let mut fetch = fetches
+                .pop_front()
+                .ok_or_else(|| ImageError::Internal("a layer download went missing".into()))?;
+            let reader = match tap.source_ready().await {
+                stream::TapSource::Streaming => tap.attach(),
+                _ => None,
+            };
+            let streaming = reader.is_some();
+            let mut download = None;
+            if !streaming {
+                download = Some(
+                    (&mut fetch.0)
+                        .await
+                        .map_err(|e| ImageError::Internal(e.to_string()))?,
+                );
+                if let Some(Err(e)) = download {
+                    return Err(e);
+                }
             }
             let apply_start = since();
             let active = self.inner.snapshots.prepare(parent.as_ref())?;
@@ -236,30 +262,43 @@ impl ImageService {
                 whiteouts: active.whiteout_mode(),
                 ..ApplyOptions::default()
             };
-            let fs = active.fs();
             let content = self.inner.content.clone();
             let blob_for_task = blob.clone();
-            let applied = tokio::task::spawn_blocking(move || {
-                let file = content.open_blob(&blob_for_task)?;
-                let reader = std::io::BufReader::with_capacity(1 << 20, file);
-                archive::apply_layer(&fs, reader, &opts).map_err(ImageError::from)
-            })
-            .await
-            .map_err(|e| ImageError::Internal(e.to_string()))??;
-            tracing::debug!(
-                index,
-                digest = %blob,
-                compressed_bytes = downloads[offset].1,
-                uncompressed_bytes = applied.uncompressed_size,
-                entries = applied.entries,
-                download_start_ms = download.0,
-                download_end_ms = download.1,
-                apply_start_ms = waiting,
-                apply_end_ms = since(),
-                apply_ms = since() - apply_start,
-                wait_ms = apply_start - waiting,
-                "layer timing"
-            );
+            // The snapshot goes into the task and comes back with the result, so that it is
+            // removed (when not committed) only after the task stopped writing into it.
+            let apply = tokio::task::spawn_blocking(move || {
+                let fs = active.fs();
+                let result = match reader {
+                    Some(reader) => {
+                        stream::apply_pipelined(&fs, reader, &opts).map_err(ImageError::from)
+                    }
+                    None => content
+                        .open_blob(&blob_for_task)
+                        .map_err(ImageError::from)
+                        .and_then(|file| {
+                            let file = std::io::BufReader::with_capacity(1 << 20, file);
+                            stream::apply_pipelined(&fs, file, &opts).map_err(ImageError::from)
+                        }),
+                };
+                (active, result)
+            });
+            let applied = apply.await;
+            if download.is_none() {
+                // Streaming: the download's own error (a digest mismatch, say) explains a failed
+                // apply better than the read error the applier saw.
+                let done = (&mut fetch.0)
+                    .await
+                    .map_err(|e| ImageError::Internal(e.to_string()))?;
+                download = Some(Ok(done?));
+            }
+            let (download_start, download_end) = match download {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Err(e),
+                None => (0, 0),
+            };
+            let (active, applied) = applied.map_err(|e| ImageError::Internal(e.to_string()))?;
+            let (applied, stats) = applied?;
+            let apply_end = since();
             if applied.diff_id != diff_ids[index] {
                 return Err(ImageError::DiffIdMismatch {
                     reference: name.clone(),
@@ -275,6 +314,24 @@ impl ImageService {
                 Some(&diff_ids[index]),
                 applied.uncompressed_size,
             )?;
+            tracing::debug!(
+                index,
+                digest = %blob,
+                mode = if streaming { "stream" } else { "file" },
+                compressed_bytes = *size,
+                uncompressed_bytes = applied.uncompressed_size,
+                entries = applied.entries,
+                download_start_ms = download_start,
+                download_end_ms = download_end,
+                apply_start_ms = apply_start,
+                apply_end_ms = apply_end,
+                apply_ms = apply_end - apply_start,
+                wait_ms = (apply_start - turn) + stats.source_wait.as_millis() as u64,
+                decode_ms = stats.decode.as_millis() as u64,
+                write_ms = stats.write.as_millis() as u64,
+                commit_ms = since() - apply_end,
+                "layer timing"
+            );
             parent = Some(id);
         }
 
@@ -350,12 +407,16 @@ impl ImageService {
 
     /// Makes sure a verified copy of `digest` is in the content store, downloading it (or
     /// resuming an earlier partial download) once however many callers ask at the same time.
+    ///
+    /// `tap`, when given, is fed the blob's bytes as they arrive if this call runs the download
+    /// and the download starts at byte 0 (see `stream::Tap`).
     async fn ensure_blob(
         &self,
         reference: &Reference,
         digest: &Digest,
         size: u64,
         media_type: &str,
+        tap: Option<Arc<stream::Tap>>,
     ) -> Result<(), ImageError> {
         if self.inner.content.info(digest).is_some() {
             return Ok(());
@@ -363,7 +424,7 @@ impl ImageService {
         self.inner
             .downloads
             .run(digest.clone(), || async {
-                self.download(reference, digest, size, media_type)
+                self.download(reference, digest, size, media_type, tap)
                     .await
                     .map_err(Arc::new)
             })
@@ -377,6 +438,7 @@ impl ImageService {
         digest: &Digest,
         size: u64,
         media_type: &str,
+        tap: Option<Arc<stream::Tap>>,
     ) -> Result<(), ImageError> {
         let mut writer = loop {
             match self.inner.content.writer(digest, size) {
@@ -397,19 +459,53 @@ impl ImageService {
         if stream.restarted {
             writer.truncate()?;
         }
-        // Hand chunks to a blocking thread so disk writes never stall the async workers.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+        // Only a download from byte 0 can feed an applier; after a resume it reads the blob.
+        let tap = tap.filter(|_| writer.offset() == 0);
+        if let Some(tap) = &tap {
+            tap.start();
+        }
+        // Hand chunks to a blocking thread so disk writes never stall the async workers. The
+        // blob is committed only after the last chunk (`None`): when the stream fails, the
+        // writer is dropped instead, which keeps what was written for a later resume.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<bytes::Bytes>>(16);
         let write_task = tokio::task::spawn_blocking(move || -> Result<u64, ContentError> {
-            while let Some(chunk) = rx.blocking_recv() {
+            let feed = FeedTap(tap);
+            let mut complete = false;
+            while let Some(msg) = rx.blocking_recv() {
+                let Some(chunk) = msg else {
+                    complete = true;
+                    break;
+                };
                 writer.write_chunk(&chunk)?;
+                if let Some(tap) = &feed.0 {
+                    tap.push(chunk);
+                }
             }
-            writer.commit()
+            if !complete {
+                return Err(ContentError::Io {
+                    path: std::path::PathBuf::from(writer.digest().to_string()),
+                    source: std::io::Error::other("the blob download stopped"),
+                });
+            }
+            let started = std::time::Instant::now();
+            let digest = writer.digest().clone();
+            let committed = writer.commit();
+            tracing::debug!(
+                %digest,
+                commit_ms = started.elapsed().as_millis() as u64,
+                ok = committed.is_ok(),
+                "blob commit timing"
+            );
+            if let Some(tap) = &feed.0 {
+                tap.finish(committed.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            }
+            committed
         });
         let mut send_error = None;
         while let Some(chunk) = stream.next_chunk().await {
             match chunk {
                 Ok(bytes) => {
-                    if tx.send(bytes).await.is_err() {
+                    if tx.send(Some(bytes)).await.is_err() {
                         break; // the writer failed; its error is reported below
                     }
                 }
@@ -419,16 +515,48 @@ impl ImageService {
                 }
             }
         }
+        if send_error.is_none() {
+            let _ = tx.send(None).await;
+        }
         drop(tx);
+        let written = write_task.await;
         if let Some(e) = send_error {
-            write_task.abort();
             return Err(e.into());
         }
-        let size = write_task
-            .await
-            .map_err(|e| ImageError::Internal(e.to_string()))??;
+        let size = written.map_err(|e| ImageError::Internal(e.to_string()))??;
         self.inner.meta.put_blob(digest, size, media_type)?;
         Ok(())
+    }
+}
+
+/// The download side of a tap: ends it with an error if the writer thread stops early.
+struct FeedTap(Option<Arc<stream::Tap>>);
+
+impl Drop for FeedTap {
+    fn drop(&mut self) {
+        if let Some(tap) = &self.0 {
+            tap.finish(Err("the layer download failed".into()));
+        }
+    }
+}
+
+/// Closes a tap when its fetch task ends, however it ends.
+struct CloseTap(Arc<stream::Tap>);
+
+impl Drop for CloseTap {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Abandons a pull's taps when the pull ends (normally, with an error, or dropped).
+struct AbandonTaps(Vec<Arc<stream::Tap>>);
+
+impl Drop for AbandonTaps {
+    fn drop(&mut self) {
+        for tap in &self.0 {
+            tap.abandon();
+        }
     }
 }
 

@@ -17,12 +17,14 @@
 //! does exactly that. Never hold the handle's lock across an `.await` (the API gives no way to).
 
 mod consistency;
+mod results;
 mod schema;
 
 #[cfg(test)]
 mod tests;
 
 pub use consistency::ConsistencyReport;
+pub use results::ResultRecord;
 
 use crate::error::{Classify, ErrorKind};
 use crate::oci::Digest;

@@ -60,6 +60,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX lease_resources_by_resource ON lease_resources(kind, resource_id);
     "#,
+    // 2: the solver's persistent cache: operation cache key -> result (JSON). A result that
+    // holds a snapshot keeps it (the foreign key stops the snapshot's row from going first).
+    r#"
+    CREATE TABLE results (
+        key          TEXT PRIMARY KEY NOT NULL,
+        kind         TEXT NOT NULL,
+        value        TEXT NOT NULL,
+        snapshot     TEXT REFERENCES snapshots(id),
+        created_at   INTEGER NOT NULL,
+        last_used_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX results_by_snapshot ON results(snapshot);
+    "#,
 ];
 
 /// Brings the database at `path` up to the latest version, refusing one written by a newer

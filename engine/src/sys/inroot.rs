@@ -85,7 +85,10 @@ impl Root {
     /// is never followed, so a symlink planted there cannot redirect the write.
     pub fn create_file(&self, dir: &str, name: &str, bytes: &[u8]) -> io::Result<()> {
         if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad file name {name:?}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad file name {name:?}"),
+            ));
         }
         let dirfd = self.resolve(dir, OFlags::RDONLY | OFlags::DIRECTORY)?;
         let fd = rustix::fs::openat(

@@ -2,9 +2,12 @@
 //! mount, ownership). Everything above it calls these small functions, so the logic that
 //! decides what to do can be tested without root.
 
+pub mod caps;
 pub mod fsops;
 pub mod inroot;
 pub mod mount;
+pub mod netns;
+pub mod proc;
 
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::statfs::statfs;

@@ -1,0 +1,414 @@
+//! The solver: evaluates the operation graph ([`node`]) lazily, caches every result by key,
+//! and runs identical work once.
+//!
+//! * Nothing runs until a leaf (contents, entries, stdout, sync...) needs a value.
+//! * Every evaluated node is memoised for the engine's lifetime by the digest of the node
+//!   itself, so a chain re-sent by an SDK is not recomputed.
+//! * Operations that do real work (execs) are also cached persistently, by a key made of the
+//!   operation and the *content* of its inputs (snapshot ids and config), so the result is
+//!   reused by any later session, any client, and after a restart.
+//! * Concurrent evaluations of the same node share one flight.
+
+mod exec;
+pub mod fs;
+pub mod id;
+pub mod node;
+
+use crate::error::{Classify, ErrorKind};
+use crate::image::{ImageConfig, ImageError, ImageService};
+use crate::metadata::{Metadata, MetadataError};
+use crate::oci::{Digest, Platform, Reference};
+use crate::snapshot::SnapshotId;
+use crate::util::Singleflight;
+use node::{ConfigChange, ContainerNode, DirectoryNode, FileNode};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use thiserror::Error;
+
+pub use exec::{ExecFailure, ExecResult, Execution};
+pub use fs::FsError;
+
+#[derive(Debug, Error)]
+pub enum SolveError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error(transparent)]
+    Id(#[from] id::IdError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A process exited with a code the caller did not expect.
+    #[error("{}", .0.message())]
+    Exec(Box<ExecFailure>),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// An error from a flight this caller joined.
+    #[error("{0}")]
+    Shared(Arc<SolveError>),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Classify for SolveError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SolveError::Image(e) => e.kind(),
+            SolveError::Fs(e) => e.kind(),
+            SolveError::Metadata(e) => e.kind(),
+            SolveError::Snapshot(e) => e.kind(),
+            SolveError::Id(_) | SolveError::InvalidArgument(_) | SolveError::Exec(_) => {
+                ErrorKind::InvalidArgument
+            }
+            SolveError::Unavailable(_) => ErrorKind::Unavailable,
+            SolveError::PermissionDenied(_) => ErrorKind::PermissionDenied,
+            SolveError::Shared(e) => e.kind(),
+            SolveError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl SolveError {
+    /// The exec failure behind this error, if it is one (also through a shared flight).
+    pub fn exec_failure(&self) -> Option<&ExecFailure> {
+        match self {
+            SolveError::Exec(f) => Some(f),
+            SolveError::Shared(e) => e.exec_failure(),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = SolveError> = std::result::Result<T, E>;
+
+/// A container's computed state.
+#[derive(Debug, Clone)]
+pub struct ContainerValue {
+    pub platform: String,
+    pub rootfs: Option<SnapshotId>,
+    pub config: ImageConfig,
+    /// Set right after `from`; cleared by any change.
+    pub image_ref: Option<String>,
+    /// The last exec's outcome: what `stdout`, `stderr` and `exitCode` read.
+    pub exec: Option<Arc<ExecResult>>,
+}
+
+impl ContainerValue {
+    /// The working directory processes start in and relative paths resolve against.
+    pub fn cwd(&self) -> &str {
+        if self.config.workdir.is_empty() {
+            "/"
+        } else {
+            &self.config.workdir
+        }
+    }
+
+    fn expand(&self, s: &str, expand: bool) -> String {
+        if expand {
+            crate::util::expand(s, crate::util::env_lookup(&self.config.env))
+        } else {
+            s.to_string()
+        }
+    }
+}
+
+/// A directory: a path inside a snapshot (`None` is the empty tree).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeRef {
+    pub snapshot: Option<SnapshotId>,
+    /// Absolute, lexically clean path inside the snapshot.
+    pub path: String,
+}
+
+#[derive(Clone)]
+enum Memo {
+    Container(Arc<ContainerValue>),
+    Tree(Arc<TreeRef>),
+}
+
+/// The solver. Cheap to clone.
+#[derive(Clone)]
+pub struct Solver {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    images: ImageService,
+    meta: Metadata,
+    execution: Option<Execution>,
+    memo: Mutex<HashMap<Digest, Memo>>,
+    flights: Singleflight<Digest, Result<Memo, Arc<SolveError>>>,
+}
+
+fn key_of<T: Serialize>(kind: &str, node: &T) -> Digest {
+    let mut bytes = kind.as_bytes().to_vec();
+    bytes.push(0);
+    bytes.extend(serde_json::to_vec(node).expect("nodes always serialize"));
+    Digest::of(&bytes)
+}
+
+impl Solver {
+    /// `execution` is `None` where containers cannot run (then `withExec` fails clearly).
+    pub fn new(images: ImageService, meta: Metadata, execution: Option<Execution>) -> Self {
+        Solver {
+            inner: Arc::new(Inner {
+                images,
+                meta,
+                execution,
+                memo: Mutex::new(HashMap::new()),
+                flights: Singleflight::new(),
+            }),
+        }
+    }
+
+    pub fn snapshotter(&self) -> &crate::snapshot::Snapshotter {
+        self.inner.images.snapshotter()
+    }
+
+    /// Evaluates once per distinct node, sharing concurrent flights; errors are not kept.
+    async fn memoised<F, Fut>(&self, key: Digest, compute: F) -> Result<Memo>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Memo>>,
+    {
+        if let Some(m) = self.lock_memo().get(&key) {
+            return Ok(m.clone());
+        }
+        let memo = self
+            .inner
+            .flights
+            .run(key.clone(), || async { compute().await.map_err(Arc::new) })
+            .await
+            .map_err(SolveError::Shared)?;
+        self.lock_memo().insert(key, memo.clone());
+        Ok(memo)
+    }
+
+    fn lock_memo(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Memo>> {
+        self.inner.memo.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub async fn container(&self, node: &ContainerNode) -> Result<Arc<ContainerValue>> {
+        let key = key_of("container", node);
+        let memo = self
+            .memoised(key, || async {
+                Ok(Memo::Container(Arc::new(
+                    self.compute_container(node).await?,
+                )))
+            })
+            .await?;
+        match memo {
+            Memo::Container(c) => Ok(c),
+            Memo::Tree(_) => Err(SolveError::Internal("memo type mismatch".into())),
+        }
+    }
+
+    fn compute_container<'a>(
+        &'a self,
+        node: &'a ContainerNode,
+    ) -> futures_util::future::BoxFuture<'a, Result<ContainerValue>> {
+        Box::pin(async move {
+            match node {
+                ContainerNode::Scratch { platform } => Ok(ContainerValue {
+                    platform: platform.clone(),
+                    rootfs: None,
+                    config: ImageConfig::default(),
+                    image_ref: None,
+                    exec: None,
+                }),
+                ContainerNode::From { parent, address } => {
+                    let p = self.container(parent).await?;
+                    let reference = Reference::parse(address)
+                        .map_err(|e| SolveError::InvalidArgument(e.to_string()))?;
+                    let platform = Platform::parse(&p.platform)
+                        .map_err(|e| SolveError::InvalidArgument(e.to_string()))?;
+                    let image = self
+                        .inner
+                        .images
+                        .pull(&reference, &platform)
+                        .await
+                        .map_err(|e| SolveError::Image(ImageError::Shared(e)))?;
+                    Ok(ContainerValue {
+                        platform: p.platform.clone(),
+                        rootfs: image.rootfs.clone(),
+                        config: image.config.clone(),
+                        image_ref: Some(image.reference.to_string()),
+                        exec: None,
+                    })
+                }
+                ContainerNode::Config { parent, change } => {
+                    let p = self.container(parent).await?;
+                    Ok(apply_config(&p, change))
+                }
+                ContainerNode::Exec { parent, exec } => {
+                    let p = self.container(parent).await?;
+                    let execution = self.inner.execution.as_ref().ok_or_else(|| {
+                        SolveError::Unavailable(
+                            "this engine cannot run containers (no executor)".into(),
+                        )
+                    })?;
+                    execution.run(self, &p, exec).await
+                }
+            }
+        })
+    }
+
+    pub async fn directory(&self, node: &DirectoryNode) -> Result<Arc<TreeRef>> {
+        let key = key_of("directory", node);
+        let memo = self
+            .memoised(key, || async {
+                Ok(Memo::Tree(Arc::new(self.compute_directory(node).await?)))
+            })
+            .await?;
+        match memo {
+            Memo::Tree(t) => Ok(t),
+            Memo::Container(_) => Err(SolveError::Internal("memo type mismatch".into())),
+        }
+    }
+
+    fn compute_directory<'a>(
+        &'a self,
+        node: &'a DirectoryNode,
+    ) -> futures_util::future::BoxFuture<'a, Result<TreeRef>> {
+        Box::pin(async move {
+            let (snapshot, path) = match node {
+                DirectoryNode::Scratch => {
+                    return Ok(TreeRef {
+                        snapshot: None,
+                        path: "/".into(),
+                    })
+                }
+                DirectoryNode::Rootfs { container } => {
+                    let c = self.container(container).await?;
+                    return Ok(TreeRef {
+                        snapshot: c.rootfs.clone(),
+                        path: "/".into(),
+                    });
+                }
+                DirectoryNode::InContainer { container, path } => {
+                    let c = self.container(container).await?;
+                    (c.rootfs.clone(), fs::join(c.cwd(), path))
+                }
+                DirectoryNode::Sub { parent, path } => {
+                    let d = self.directory(parent).await?;
+                    (d.snapshot.clone(), fs::join(&d.path, path))
+                }
+                DirectoryNode::Snapshot { snapshot } => {
+                    // The id may come from a client-made ID: it must name a recorded
+                    // snapshot, never a path.
+                    let recorded = !snapshot.is_empty()
+                        && snapshot
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+                        && self.inner.meta.get_snapshot(snapshot)?.is_some();
+                    if !recorded {
+                        return Err(SolveError::InvalidArgument(format!(
+                            "unknown snapshot {snapshot:?}"
+                        )));
+                    }
+                    (Some(snapshot.clone()), "/".to_string())
+                }
+            };
+            let check = path.clone();
+            fs::with_root(self.snapshotter(), snapshot.clone(), move |root| {
+                fs::require_dir(root, &check)
+            })
+            .await?;
+            Ok(TreeRef { snapshot, path })
+        })
+    }
+
+    pub async fn file(&self, node: &FileNode) -> Result<Arc<TreeRef>> {
+        let key = key_of("file", node);
+        let memo = self
+            .memoised(key, || async {
+                let (snapshot, path) = match node {
+                    FileNode::InContainer { container, path } => {
+                        let c = self.container(container).await?;
+                        (c.rootfs.clone(), fs::join(c.cwd(), path))
+                    }
+                    FileNode::InDirectory { directory, path } => {
+                        let d = self.directory(directory).await?;
+                        (d.snapshot.clone(), fs::join(&d.path, path))
+                    }
+                };
+                let check = path.clone();
+                fs::with_root(self.snapshotter(), snapshot.clone(), move |root| {
+                    fs::require_file(root, &check)
+                })
+                .await?;
+                Ok(Memo::Tree(Arc::new(TreeRef { snapshot, path })))
+            })
+            .await?;
+        match memo {
+            Memo::Tree(t) => Ok(t),
+            Memo::Container(_) => Err(SolveError::Internal("memo type mismatch".into())),
+        }
+    }
+
+    pub(crate) fn metadata(&self) -> &Metadata {
+        &self.inner.meta
+    }
+}
+
+fn env_name(kv: &str) -> &str {
+    kv.split_once('=').map(|(k, _)| k).unwrap_or(kv)
+}
+
+/// A config change applied to an evaluated container.
+fn apply_config(p: &ContainerValue, change: &ConfigChange) -> ContainerValue {
+    let mut next = p.clone();
+    next.image_ref = None;
+    let cfg = &mut next.config;
+    match change {
+        ConfigChange::SetEnv {
+            name,
+            value,
+            expand,
+        } => {
+            let entry = format!("{name}={}", p.expand(value, *expand));
+            match cfg.env.iter_mut().find(|kv| env_name(kv) == name) {
+                Some(existing) => *existing = entry,
+                None => cfg.env.push(entry),
+            }
+        }
+        ConfigChange::UnsetEnv { name } => cfg.env.retain(|kv| env_name(kv) != name),
+        ConfigChange::Workdir { path, expand } => {
+            cfg.workdir = fs::join(p.cwd(), &p.expand(path, *expand));
+        }
+        ConfigChange::NoWorkdir => cfg.workdir.clear(),
+        ConfigChange::User { name } => cfg.user = name.clone(),
+        ConfigChange::NoUser => cfg.user.clear(),
+        ConfigChange::Entrypoint {
+            args,
+            keep_default_args,
+        } => {
+            cfg.entrypoint = args.clone();
+            if !keep_default_args {
+                cfg.cmd.clear();
+            }
+        }
+        ConfigChange::NoEntrypoint { keep_default_args } => {
+            cfg.entrypoint.clear();
+            if !keep_default_args {
+                cfg.cmd.clear();
+            }
+        }
+        ConfigChange::DefaultArgs { args } => cfg.cmd = args.clone(),
+        ConfigChange::NoDefaultArgs => cfg.cmd.clear(),
+        ConfigChange::Label { name, value } => {
+            cfg.labels.insert(name.clone(), value.clone());
+        }
+        ConfigChange::NoLabel { name } => {
+            cfg.labels.remove(name);
+        }
+    }
+    next
+}

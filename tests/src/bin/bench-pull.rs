@@ -1,0 +1,980 @@
+//! `bench-pull`: cold pull of a ~130 MB, 4-layer image from a loopback registry into usable
+//! snapshots, by the release `dagger-engine`, by `podman pull` and by `skopeo copy` to a `dir:`
+//! (the transfer-only floor), in the same run. Prints every run, the medians, the ratios
+//! ours/podman and ours/skopeo against the goal (ours <= 0.5 x podman), and where the engine's
+//! time went, layer by layer, from its own log lines. A benchmark, not a test: it fails only
+//! when a tool fails or the engine answers wrongly.
+//!
+//! Usage: `bench-pull [PATH/TO/dagger-engine]` (or `DAGGER_ENGINE_BIN`; default: the
+//! `dagger-engine` next to this executable). Must run as root. `bench/pull.sh` sets up the
+//! image, the disk and the packages and then runs this; see bench/README.md.
+//!
+//! Environment:
+//! - `BENCH_LAYOUT` (required): an OCI layout holding the image (bench/scripts/build-large-image.sh).
+//! - `BENCH_TAG` (`large`): its tag in the layout.
+//! - `BENCH_STATE_PARENT` (required): the directory every tool's storage goes under, on the
+//!   filesystem being measured (bench/pull.sh mounts a fresh loop ext4 or tmpfs there).
+//! - `BENCH_DISK` (`loop`): what `BENCH_STATE_PARENT` is, for the report.
+//! - `BENCH_RUNS` (5): timed runs per tool.
+//! - `BENCH_WARMUP` (1): untimed rounds first (loads the tools' binaries into the page cache).
+//! - `BENCH_TOOLS` (`engine,podman,skopeo`): which tools to run.
+
+use anyhow::{bail, ensure, Context as _, Result};
+use dagger_integration_tests::registry::{Mode, TestRegistry};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the engine may take to come up.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one pull, by any tool, may take.
+const PULL_TIMEOUT: Duration = Duration::from_secs(300);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+const GOAL_RATIO: f64 = 0.5;
+/// Where skopeo and podman keep their blob-info cache when running as root with no
+/// per-store override. Deleted before every skopeo and podman run.
+const SYSTEM_BLOB_INFO_CACHE: &str = "/var/lib/containers/cache/blob-info-cache-v1.boltdb";
+const REPO: &str = "bench/large";
+/// The engine's log filter: its default (info), plus the image service's per-layer timings.
+const ENGINE_LOG_FILTER: &str = "info,dagger_engine::image=debug";
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("bench-pull: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Tool {
+    Engine,
+    Podman,
+    Skopeo,
+}
+
+impl Tool {
+    fn name(self) -> &'static str {
+        match self {
+            Tool::Engine => "engine",
+            Tool::Podman => "podman",
+            Tool::Skopeo => "skopeo",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Tool::Engine => "dagger-engine: query sent -> answer (engine already running)",
+            Tool::Podman => "podman pull: process start -> exit",
+            Tool::Skopeo => "skopeo copy to dir: (transfer only): process start -> exit",
+        }
+    }
+}
+
+struct Settings {
+    engine_bin: PathBuf,
+    layout: PathBuf,
+    tag: String,
+    parent: PathBuf,
+    disk: String,
+    runs: usize,
+    warmup: usize,
+    tools: Vec<Tool>,
+    skopeo: PathBuf,
+    podman: PathBuf,
+}
+
+fn settings() -> Result<Settings> {
+    let engine_bin = match std::env::args_os().nth(1) {
+        Some(p) => PathBuf::from(p),
+        None => match std::env::var_os("DAGGER_ENGINE_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => std::env::current_exe()
+                .context("cannot find this executable's path")?
+                .with_file_name("dagger-engine"),
+        },
+    };
+    ensure!(
+        engine_bin.is_file(),
+        "engine binary {} not found; build it with `cargo build --release -p dagger-engine`",
+        engine_bin.display()
+    );
+    let layout = PathBuf::from(
+        std::env::var_os("BENCH_LAYOUT")
+            .context("set BENCH_LAYOUT to the OCI layout to push (bench/pull.sh does)")?,
+    );
+    ensure!(
+        layout.join("index.json").is_file(),
+        "{} is not an OCI layout",
+        layout.display()
+    );
+    let parent = PathBuf::from(std::env::var_os("BENCH_STATE_PARENT").context(
+        "set BENCH_STATE_PARENT to a directory on the filesystem to measure (bench/pull.sh does)",
+    )?);
+    ensure!(
+        parent.is_dir(),
+        "BENCH_STATE_PARENT {} is not a directory",
+        parent.display()
+    );
+    let runs: usize = env_or("BENCH_RUNS", 5)?;
+    ensure!(runs >= 1, "BENCH_RUNS must be at least 1");
+    let warmup: usize = env_or("BENCH_WARMUP", 1)?;
+    let tools = env_or("BENCH_TOOLS", "engine,podman,skopeo".to_string())?
+        .split(',')
+        .map(|t| match t.trim() {
+            "engine" => Ok(Tool::Engine),
+            "podman" => Ok(Tool::Podman),
+            "skopeo" => Ok(Tool::Skopeo),
+            other => bail!("BENCH_TOOLS: unknown tool {other:?} (engine, podman, skopeo)"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    ensure!(!tools.is_empty(), "BENCH_TOOLS is empty");
+    Ok(Settings {
+        engine_bin,
+        layout,
+        tag: env_or("BENCH_TAG", "large".to_string())?,
+        parent,
+        disk: env_or("BENCH_DISK", "loop".to_string())?,
+        runs,
+        warmup,
+        tools,
+        skopeo: which("skopeo", "skopeo")?,
+        podman: which("podman", "podman")?,
+    })
+}
+
+fn env_or<T>(name: &str, default: T) -> Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}")),
+        Err(std::env::VarError::NotPresent) => Ok(default),
+        Err(e) => bail!("{name}: {e}"),
+    }
+}
+
+fn which(name: &str, package: &str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "{name} is not on PATH: install the Debian package {package} (bench/pull.sh does)"
+            )
+        })
+}
+
+fn run() -> Result<()> {
+    ensure!(
+        nix::unistd::geteuid().is_root(),
+        "must run as root: the engine refuses to start otherwise, and podman's overlay storage needs it"
+    );
+    let s = settings()?;
+    let fs = describe_fs(&s.parent);
+    let image = ImageStats::read(&s.layout, &s.tag)?;
+    println!("engine:  {}", s.engine_bin.display());
+    println!(
+        "image:   {}:{} - {} layers, {:.1} MB compressed ({})",
+        s.layout.display(),
+        s.tag,
+        image.layers.len(),
+        mb(image.layers.iter().sum()),
+        image
+            .layers
+            .iter()
+            .map(|b| format!("{:.1}", mb(*b)))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    );
+    println!(
+        "storage: BENCH_DISK={} - every tool's storage under {} ({fs})",
+        s.disk,
+        s.parent.display()
+    );
+
+    // The registry: Debian's docker-registry on 127.0.0.1:<free port>, plain HTTP.
+    let registry = TestRegistry::start(Mode::Plain);
+    let reference = format!("{}/{REPO}:latest", registry.addr);
+    let scratch = tempfile::Builder::new()
+        .prefix("bench-pull-")
+        .tempdir_in(&s.parent)
+        .context("cannot create the scratch dir")?;
+    let empty = scratch.path().join("empty");
+    std::fs::create_dir_all(&empty)?;
+    let pushed = Instant::now();
+    let digest = push(&s, &registry.addr, scratch.path())?;
+    println!(
+        "registry: docker-registry on {} (plain HTTP); pushed {reference} ({digest}) with skopeo in {:.0} ms",
+        registry.addr,
+        ms(pushed.elapsed())
+    );
+    println!();
+    for t in &s.tools {
+        println!("  {:<7} {}", t.name(), t.describe());
+    }
+    println!(
+        "{} warm-up round(s), then {} timed runs; the tools' order rotates every run; fresh storage per run, synced before each timing",
+        s.warmup, s.runs
+    );
+    println!();
+
+    let mut times: BTreeMap<Tool, Vec<f64>> = BTreeMap::new();
+    let mut cpu: BTreeMap<Tool, Vec<f64>> = BTreeMap::new();
+    let mut profiles: Vec<EngineProfile> = Vec::new();
+    let mut snapshotter = None;
+    for round in 0..s.warmup + s.runs {
+        let timed = round >= s.warmup;
+        let label = if timed {
+            format!("run {:>2}", round - s.warmup + 1)
+        } else {
+            format!("warm-up {}", round + 1)
+        };
+        let mut order = s.tools.clone();
+        let shift = round % order.len();
+        order.rotate_left(shift);
+        let mut line = Vec::new();
+        for tool in order {
+            let dir = scratch.path().join(format!("{round}-{}", tool.name()));
+            std::fs::create_dir_all(&dir)?;
+            sync(&s.parent);
+            let took = match tool {
+                Tool::Engine => {
+                    let (took, profile, snap) = engine_pull(&s, &dir, &reference, &empty)?;
+                    snapshotter = snapshotter.or(snap);
+                    if timed {
+                        profiles.push(profile);
+                    }
+                    took
+                }
+                Tool::Podman => podman_pull(&s, &dir, &reference)?,
+                Tool::Skopeo => skopeo_copy(&s, &dir, &reference)?,
+            };
+            remove_tree(&dir)?;
+            line.push(format!(
+                "{} {:>6.0} ms (cpu {:>5.0} ms)",
+                tool.name(),
+                ms(took.wall),
+                ms(took.cpu)
+            ));
+            if timed {
+                times.entry(tool).or_default().push(ms(took.wall));
+                cpu.entry(tool).or_default().push(ms(took.cpu));
+            }
+        }
+        println!("  {label}: {}", line.join(", "));
+    }
+    println!();
+    if let Some(line) = &snapshotter {
+        println!("engine log: {line}");
+    }
+
+    // Where the engine's time went.
+    if !profiles.is_empty() {
+        print_profiles(&profiles, &image);
+    }
+
+    // Summary.
+    let med: BTreeMap<Tool, (f64, f64, f64)> = times
+        .iter_mut()
+        .map(|(t, v)| (*t, min_med_max(v)))
+        .collect();
+    println!(
+        "summary (cold pull of {}, {} layers, {:.1} MB compressed; storage on {} = {fs}; {} runs):",
+        reference,
+        image.layers.len(),
+        mb(image.layers.iter().sum()),
+        s.disk,
+        s.runs
+    );
+    for (t, (lo, m, hi)) in &med {
+        let c = cpu.get(t).map_or(0.0, |v| median(v));
+        println!(
+            "  {:<7} median {m:>6.0} ms  (min {lo:.0}, max {hi:.0}; CPU user+sys median {c:.0} ms)  {}",
+            t.name(),
+            t.describe()
+        );
+    }
+    if let Some((_, ours, _)) = med.get(&Tool::Engine) {
+        if let Some((_, podman, _)) = med.get(&Tool::Podman) {
+            let r = ours / podman;
+            println!(
+                "  ours/podman = {ours:.0}/{podman:.0} = {r:.2} (goal <= {GOAL_RATIO}: {})",
+                if r <= GOAL_RATIO {
+                    "met".to_string()
+                } else {
+                    format!(
+                        "missed by {:.0} ms; {:.0} ms would meet it",
+                        ours - GOAL_RATIO * podman,
+                        GOAL_RATIO * podman
+                    )
+                }
+            );
+        }
+        if let Some((_, skopeo, _)) = med.get(&Tool::Skopeo) {
+            println!(
+                "  ours/skopeo = {ours:.0}/{skopeo:.0} = {:.2} (skopeo only transfers: no decompression, no files)",
+                ours / skopeo
+            );
+        }
+    }
+    drop(registry);
+    Ok(())
+}
+
+/// One tool's run: wall time, and the CPU time (user + system) its processes used meanwhile.
+#[derive(Clone, Copy)]
+struct Measured {
+    wall: Duration,
+    cpu: Duration,
+}
+
+/// /proc times are in USER_HZ, which is 100 on Linux.
+fn ticks(t: u64) -> Duration {
+    Duration::from_millis(t * 10)
+}
+
+/// Fields of /proc/<pid>/stat after the command name (the first is field 3, the state).
+fn stat_fields(path: &str) -> Result<Vec<u64>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    let rest = text
+        .rsplit_once(')')
+        .with_context(|| format!("bad {path}"))?
+        .1;
+    Ok(rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect())
+}
+
+/// CPU time (utime + stime, all threads) of a running process.
+fn process_cpu(pid: u32) -> Result<Duration> {
+    let f = stat_fields(&format!("/proc/{pid}/stat"))?;
+    // utime and stime are fields 14 and 15: indexes 11 and 12 from field 3.
+    Ok(ticks(f[11] + f[12]))
+}
+
+/// CPU time of this process's waited-for children (cutime + cstime), so far.
+fn children_cpu() -> Duration {
+    stat_fields("/proc/self/stat")
+        .map(|f| ticks(f[13] + f[14]))
+        .unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+/// Sorts `v` and returns its min, median (mean of the middle two for even lengths) and max.
+fn min_med_max(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let med = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (v[0], med, v[n - 1])
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    min_med_max(&mut v).1
+}
+
+/// Writes back everything dirty on the measured filesystem, so one tool's writeback does not
+/// land in the next one's timing.
+fn sync(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f));
+    }
+}
+
+/// Unmounts whatever a tool left mounted under `dir`, then deletes it.
+fn remove_tree(dir: &Path) -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut under: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(unescape_mount)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    // Deepest first.
+    under.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    for m in under {
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+    }
+    std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))
+}
+
+fn run_checked(cmd: &mut Command, what: &str) -> Result<std::process::Output> {
+    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
+    ensure!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
+/// Environment that keeps the machine's containers configuration (registries.conf mirrors,
+/// auth files) out of skopeo and podman.
+fn containers_env(cmd: &mut Command, dir: &Path) -> Result<()> {
+    let registries = dir.join("registries.conf");
+    std::fs::write(&registries, "")?;
+    let auth = dir.join("auth.json");
+    std::fs::write(&auth, "{}")?;
+    cmd.env("REGISTRY_AUTH_FILE", auth)
+        .env("CONTAINERS_REGISTRIES_CONF", registries)
+        .env("TMPDIR", dir);
+    Ok(())
+}
+
+/// Pushes the layout's tag to the registry; returns the manifest digest.
+fn push(s: &Settings, addr: &str, scratch: &Path) -> Result<String> {
+    let dir = scratch.join("push");
+    std::fs::create_dir_all(&dir)?;
+    let digest_file = dir.join("digest");
+    let mut cmd = Command::new(&s.skopeo);
+    containers_env(&mut cmd, &dir)?;
+    cmd.args([
+        "copy",
+        "--insecure-policy",
+        "--quiet",
+        "--dest-tls-verify=false",
+    ])
+    .arg("--dest-no-creds")
+    .arg("--digestfile")
+    .arg(&digest_file)
+    .arg(format!("oci:{}:{}", s.layout.display(), s.tag))
+    .arg(format!("docker://{addr}/{REPO}:latest"));
+    run_checked(&mut cmd, "skopeo copy (push)")?;
+    let digest = std::fs::read_to_string(&digest_file)?.trim().to_string();
+    std::fs::remove_dir_all(&dir)?;
+    Ok(digest)
+}
+
+fn skopeo_copy(s: &Settings, dir: &Path, reference: &str) -> Result<Measured> {
+    let _ = std::fs::remove_file(SYSTEM_BLOB_INFO_CACHE);
+    let dest = dir.join("image");
+    let mut cmd = Command::new(&s.skopeo);
+    containers_env(&mut cmd, dir)?;
+    cmd.args([
+        "copy",
+        "--insecure-policy",
+        "--quiet",
+        "--src-tls-verify=false",
+    ])
+    .arg("--src-no-creds")
+    .arg(format!("docker://{reference}"))
+    .arg(format!("dir:{}", dest.display()));
+    let started = Instant::now();
+    let cpu = children_cpu();
+    run_checked(&mut cmd, "skopeo copy (pull)")?;
+    let took = Measured {
+        wall: started.elapsed(),
+        cpu: children_cpu().saturating_sub(cpu),
+    };
+    ensure!(
+        dest.join("manifest.json").is_file(),
+        "skopeo wrote no manifest"
+    );
+    Ok(took)
+}
+
+fn podman_pull(s: &Settings, dir: &Path, reference: &str) -> Result<Measured> {
+    let _ = std::fs::remove_file(SYSTEM_BLOB_INFO_CACHE);
+    let (root, tmp) = (dir.join("root"), dir.join("tmp"));
+    for d in [&root, &tmp] {
+        std::fs::create_dir_all(d)?;
+    }
+    // podman refuses a runroot longer than 50 characters; it holds only locks and state.
+    let runroot_dir = tempfile::Builder::new()
+        .prefix("bench-pull-")
+        .tempdir()
+        .context("cannot create podman's runroot")?;
+    let runroot = runroot_dir.path().to_path_buf();
+    // Only what the pull needs: blobs are staged in `tmp` (same disk) rather than /var/tmp.
+    // (default_ulimits matter to `podman run` only, not to pulls.)
+    let conf = dir.join("containers.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[engine]\nimage_copy_tmp_dir = \"{}\"\nevents_logger = \"none\"\n",
+            tmp.display()
+        ),
+    )?;
+    let storage = dir.join("storage.conf");
+    std::fs::write(
+        &storage,
+        format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+            root.display(),
+            runroot.display()
+        ),
+    )?;
+    let run_podman = |args: &[&str]| -> Result<(Measured, std::process::Output)> {
+        let mut cmd = Command::new(&s.podman);
+        containers_env(&mut cmd, dir)?;
+        cmd.env("CONTAINERS_CONF", &conf)
+            .env("CONTAINERS_STORAGE_CONF", &storage)
+            .arg("--root")
+            .arg(&root)
+            .arg("--runroot")
+            .arg(&runroot)
+            .args([
+                "--storage-driver",
+                "overlay",
+                "--cgroup-manager",
+                "cgroupfs",
+            ])
+            .args(args);
+        let started = Instant::now();
+        let cpu = children_cpu();
+        let out = run_checked(&mut cmd, &format!("podman {}", args.join(" ")))?;
+        let took = Measured {
+            wall: started.elapsed(),
+            cpu: children_cpu().saturating_sub(cpu),
+        };
+        Ok((took, out))
+    };
+    let (took, _) = run_podman(&["pull", "--quiet", "--tls-verify=false", reference])?;
+    let (_, images) = run_podman(&["images", "--noheading", "--format", "{{.Repository}}"])?;
+    ensure!(
+        String::from_utf8_lossy(&images.stdout).contains(REPO),
+        "podman images does not list the pulled image: {}",
+        String::from_utf8_lossy(&images.stdout)
+    );
+    remove_tree(&runroot)?;
+    drop(runroot_dir);
+    Ok(took)
+}
+
+// ---- the engine ------------------------------------------------------------------------------
+
+/// Starts the engine on a fresh state dir under `dir`, sends the pull query, checks the answer,
+/// stops the engine. Returns the query's round trip, the per-layer profile from the log, and
+/// the log's snapshotter line.
+fn engine_pull(
+    s: &Settings,
+    dir: &Path,
+    reference: &str,
+    empty_docker_config: &Path,
+) -> Result<(Measured, EngineProfile, Option<String>)> {
+    let socket = dir.join("engine.sock");
+    let config = dir.join("empty.toml");
+    std::fs::write(&config, "")?;
+    let log_path = dir.join("engine.log");
+    let log = std::fs::File::create(&log_path)?;
+    let child = Command::new(&s.engine_bin)
+        .arg("--root")
+        .arg(dir.join("state"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--addr")
+        .arg(format!("unix://{}", socket.display()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .env("DAGGER_ENGINE_LOG", ENGINE_LOG_FILTER)
+        .env("DOCKER_CONFIG", empty_docker_config)
+        .spawn()
+        .with_context(|| format!("cannot start {}", s.engine_bin.display()))?;
+    let mut engine = EngineProc {
+        child: Some(child),
+        log_path,
+    };
+    engine.wait_ready(&socket)?;
+    let body = serde_json::json!({
+        "query": format!(r#"{{ container {{ from(address: "{reference}") {{ rootfs {{ entries }} }} }} }}"#)
+    })
+    .to_string();
+    let pid = engine.child.as_ref().expect("running").id();
+    let cpu = process_cpu(pid)?;
+    let started = Instant::now();
+    let (status, answer) = post(&socket, &body, PULL_TIMEOUT)
+        .with_context(|| format!("pull query failed; engine log:\n{}", engine.log()))?;
+    let took = Measured {
+        wall: started.elapsed(),
+        cpu: process_cpu(pid)?.saturating_sub(cpu),
+    };
+    ensure!(
+        status == 200,
+        "pull query: HTTP {status}: {answer}\nengine log:\n{}",
+        engine.log()
+    );
+    let v: serde_json::Value = serde_json::from_str(&answer).context("answer is not JSON")?;
+    ensure!(
+        v.get("errors").is_none(),
+        "pull query failed: {v}\nengine log:\n{}",
+        engine.log()
+    );
+    let entries: Vec<&str> = v["data"]["container"]["from"]["rootfs"]["entries"]
+        .as_array()
+        .context("no rootfs entries in the answer")?
+        .iter()
+        .filter_map(|e| e.as_str())
+        .collect();
+    for want in ["bin/", "usr/", "opt/"] {
+        ensure!(
+            entries.contains(&want),
+            "rootfs entries lack {want}: {entries:?}"
+        );
+    }
+    engine.stop()?;
+    let log = engine.log();
+    let profile = EngineProfile::parse(&log);
+    let snapshotter = log
+        .lines()
+        .find(|l| l.contains("snapshotter:"))
+        .map(|l| l.trim().to_string());
+    Ok((took, profile, snapshotter))
+}
+
+struct EngineProc {
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+impl EngineProc {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self, socket: &Path) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let body = r#"{"query":"{ version }"}"#;
+        loop {
+            if let Ok((200, answer)) = post(socket, body, Duration::from_secs(5)) {
+                if answer.contains("version") {
+                    return Ok(());
+                }
+            }
+            if let Some(status) = self.child.as_mut().expect("running").try_wait()? {
+                bail!("engine exited early ({status}); log:\n{}", self.log());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "engine did not answer within {}s; log:\n{}",
+                READY_TIMEOUT.as_secs(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                ensure!(
+                    status.success(),
+                    "engine exited with {status} after SIGTERM; log:\n{}",
+                    self.log()
+                );
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("engine did not stop after SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for EngineProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One HTTP/1.1 POST /query over the unix socket (`Connection: close`); status and body.
+fn post(socket: &Path, body: &str, timeout: Duration) -> Result<(u16, String)> {
+    let stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        &stream,
+        "POST /query HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("bad status line {line:?}"))?;
+    let mut length = None;
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        ensure!(!line.is_empty(), "connection closed inside the headers");
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("content-length") {
+                length = Some(value.trim().parse::<usize>()?);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    match length {
+        Some(n) => {
+            out.resize(n, 0);
+            reader.read_exact(&mut out)?;
+        }
+        None => {
+            reader.read_to_end(&mut out)?;
+        }
+    }
+    Ok((status, String::from_utf8(out)?))
+}
+
+// ---- the engine's own timings ------------------------------------------------------------------
+
+/// `key=value` fields of the engine's image log lines (see engine/src/image/mod.rs).
+type Fields = BTreeMap<String, String>;
+
+#[derive(Default)]
+struct EngineProfile {
+    /// "layer timing" lines, by layer index.
+    layers: BTreeMap<usize, Fields>,
+    /// "blob commit timing" lines (verify + fsync + rename into the content store), by digest.
+    blob_commits: BTreeMap<String, Fields>,
+    /// The "pulled" line.
+    pulled: Option<Fields>,
+}
+
+impl EngineProfile {
+    fn parse(log: &str) -> EngineProfile {
+        let mut p = EngineProfile::default();
+        for line in log.lines() {
+            if let Some(rest) = after(line, "layer timing") {
+                let f = fields(rest);
+                if let Some(i) = f.get("index").and_then(|i| i.parse().ok()) {
+                    p.layers.insert(i, f);
+                }
+            } else if let Some(rest) = after(line, "blob commit timing") {
+                let f = fields(rest);
+                if let Some(d) = f.get("digest") {
+                    p.blob_commits.insert(d.clone(), f);
+                }
+            } else if let Some(rest) = after(line, "pulled") {
+                p.pulled = Some(fields(rest));
+            }
+        }
+        p
+    }
+}
+
+fn after<'a>(line: &'a str, message: &str) -> Option<&'a str> {
+    let i = line.find(&format!(": {message} "))?;
+    Some(&line[i + message.len() + 3..])
+}
+
+fn fields(s: &str) -> Fields {
+    s.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect()
+}
+
+fn num(f: &Fields, key: &str) -> Option<f64> {
+    f.get(key)?.parse().ok()
+}
+
+/// Medians over the runs of every numeric field of each layer line and of the "pulled" line.
+fn print_profiles(profiles: &[EngineProfile], image: &ImageStats) {
+    println!(
+        "where the engine's time goes (medians over {} runs, from its debug log; ms from the start of the pull):",
+        profiles.len()
+    );
+    let med = |get: &dyn Fn(&EngineProfile) -> Option<f64>| -> Option<f64> {
+        let v: Vec<f64> = profiles.iter().filter_map(get).collect();
+        (!v.is_empty()).then(|| median(&v))
+    };
+    let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+    let layer_count = profiles.iter().map(|p| p.layers.len()).max().unwrap_or(0);
+    if layer_count == 0 {
+        println!("  (no \"layer timing\" lines in the engine log)");
+    }
+    for i in 0..layer_count {
+        let field = |key: &'static str| {
+            med(&|p: &EngineProfile| p.layers.get(&i).and_then(|f| num(f, key)))
+        };
+        let compressed = image.layers.get(i).copied().unwrap_or(0);
+        let blob_commit = med(&|p: &EngineProfile| {
+            let digest = p.layers.get(&i)?.get("digest")?;
+            num(p.blob_commits.get(digest)?, "commit_ms")
+        });
+        let modes: Vec<&str> = profiles
+            .iter()
+            .filter_map(|p| p.layers.get(&i)?.get("mode").map(String::as_str))
+            .collect();
+        let streamed = modes.iter().filter(|m| **m == "stream").count();
+        println!(
+            "  layer {} ({:.1} MB gz -> {} MB, {} entries; unpacked while downloading in {streamed}/{} runs):",
+            i + 1,
+            mb(compressed),
+            show(field("uncompressed_bytes").map(|b| b / 1e6)),
+            show(field("entries")),
+            modes.len(),
+        );
+        println!(
+            "    download {}..{} ms (of which blob verify+fsync+rename {} ms); unpack {}..{} ms = {} ms; snapshot commit {} ms",
+            show(field("download_start_ms")),
+            show(field("download_end_ms")),
+            show(blob_commit),
+            show(field("apply_start_ms")),
+            show(field("apply_end_ms")),
+            show(field("apply_ms")),
+            show(field("commit_ms")),
+        );
+        println!(
+            "    unpack threads: {} ms waiting for downloaded bytes, {} ms decompressing, {} ms hashing+parsing+writing files",
+            show(field("wait_ms")),
+            show(field("decode_ms")),
+            show(field("write_ms")),
+        );
+    }
+    let pulled =
+        |key: &'static str| med(&|p: &EngineProfile| p.pulled.as_ref().and_then(|f| num(f, key)));
+    println!(
+        "  whole pull (engine side): {} ms = resolve {} ms + config {} ms + layers {} ms + record {} ms",
+        show(pulled("elapsed_ms")),
+        show(pulled("resolve_ms")),
+        show(pulled("config_ms")),
+        show(pulled("layers_ms")),
+        show(pulled("record_ms")),
+    );
+    println!();
+}
+
+// ---- the image ---------------------------------------------------------------------------------
+
+struct ImageStats {
+    /// Compressed layer sizes, bottom first.
+    layers: Vec<u64>,
+}
+
+impl ImageStats {
+    fn read(layout: &Path, tag: &str) -> Result<ImageStats> {
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
+        let manifest = index["manifests"]
+            .as_array()
+            .context("index.json has no manifests")?
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .with_context(|| format!("no tag {tag} in {}", layout.display()))?;
+        let digest = manifest["digest"].as_str().context("manifest digest")?;
+        let hex = digest.strip_prefix("sha256:").context("sha256 digest")?;
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex))?)?;
+        let layers = m["layers"]
+            .as_array()
+            .context("manifest has no layers")?
+            .iter()
+            .map(|l| l["size"].as_u64().unwrap_or(0))
+            .collect();
+        Ok(ImageStats { layers })
+    }
+}
+
+// ---- which filesystem --------------------------------------------------------------------------
+
+/// "ext4 on /dev/loop0 mounted at /x, statfs magic 0xef53" for the filesystem holding `dir`.
+fn describe_fs(dir: &Path) -> String {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let best = mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (dev, point, fstype) = (f.next()?, f.next()?, f.next()?);
+            Some((unescape_mount(point), fstype.to_string(), dev.to_string()))
+        })
+        .filter(|(point, _, _)| dir.starts_with(point))
+        .fold(None::<(PathBuf, String, String)>, |best, cur| match &best {
+            Some((p, _, _)) if p.as_os_str().len() > cur.0.as_os_str().len() => best,
+            _ => Some(cur),
+        });
+    let magic = nix::sys::statfs::statfs(&dir)
+        .map(|st| format!("statfs magic {:#x}", st.filesystem_type().0))
+        .unwrap_or_else(|e| format!("statfs failed: {e}"));
+    match best {
+        Some((point, fstype, dev)) => {
+            let journal = if fstype == "ext4" {
+                let name = dev.rsplit('/').next().unwrap_or_default();
+                let journaled = std::fs::read_dir("/proc/fs/jbd2")
+                    .map(|d| {
+                        d.flatten()
+                            .any(|e| e.file_name().to_string_lossy().starts_with(name))
+                    })
+                    .unwrap_or(false);
+                if journaled {
+                    ", journaled"
+                } else {
+                    ", NO journal"
+                }
+            } else {
+                ""
+            };
+            format!(
+                "{fstype} on {dev}{journal}, mounted at {}, {magic}",
+                point.display()
+            )
+        }
+        None => format!("unknown filesystem, {magic}"),
+    }
+}
+
+/// /proc/mounts writes space, tab, newline and backslash as octal escapes.
+fn unescape_mount(s: &str) -> PathBuf {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 4);
+        match code.and_then(|c| u8::from_str_radix(c, 8).ok()) {
+            Some(b) => {
+                out.push(b as char);
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    PathBuf::from(out)
+}
