@@ -74,6 +74,8 @@ pub struct Engine {
 }
 
 static NEXT_NETWORK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static NETWORK_BY_ROOT: std::sync::Mutex<std::collections::BTreeMap<PathBuf, u32>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
 
 /// How long the engine may take to come up in a test.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -117,8 +119,15 @@ impl Engine {
             .arg("--addr")
             .arg(format!("unix://{}", socket.display()));
         // Every test engine gets its own bridge and subnet, so engines running in parallel
-        // never share addresses and tests never touch a real `dagger0`.
-        let n = NEXT_NETWORK.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // never share addresses and tests never touch a real `dagger0`. An engine restarted on
+        // the same state directory gets the same network back and cleans up after its
+        // predecessor (a crash test's kill -9 leaves one behind).
+        let n = {
+            let mut by_root = NETWORK_BY_ROOT.lock().unwrap();
+            *by_root
+                .entry(root.clone())
+                .or_insert_with(|| NEXT_NETWORK.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+        };
         let pid = std::process::id();
         cmd.arg("--network-name")
             .arg(format!("dt{:x}{n:02x}", pid % 0xffff))
@@ -229,10 +238,18 @@ impl Engine {
 }
 
 impl Drop for Engine {
+    /// A graceful stop first, so the engine removes its bridge, NAT table and mounts; a kill
+    /// only if it does not stop in time.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            if wait_timeout(&mut child, Duration::from_secs(15)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 }

@@ -50,7 +50,7 @@ pub(crate) fn elf_has_interpreter(head: &[u8]) -> Option<bool> {
         _ => return None,
     };
     let uint = |at: usize, len: usize| -> Option<u64> {
-        let b = head.get(at..at + len)?;
+        let b = head.get(at..at.checked_add(len)?)?;
         let mut v = 0u64;
         for i in 0..len {
             let byte = if le { b[len - 1 - i] } else { b[i] };

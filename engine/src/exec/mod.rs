@@ -51,7 +51,8 @@ pub const DEFAULT_OUTPUT_LIMIT: usize = 16 << 20;
 /// The init used when [`ExecutorOptions::init`] is `None` (Debian package `tini`).
 pub const DEFAULT_INIT: &str = "/usr/bin/tini-static";
 pub const DEFAULT_HOSTNAME: &str = "dagger";
-/// The smallest memory limit accepted: below this, not even the init starts.
+/// The smallest memory limit accepted, so that a unit mix-up (bytes for MiB) fails clearly
+/// instead of OOM-killing runc's own setup.
 pub const MIN_MEMORY_LIMIT: u64 = 4 << 20;
 
 const RUNC_ROOT_DIR: &str = "runc";
@@ -926,8 +927,9 @@ fn prepare(
 
     let path_env = req.env.iter().rev().find_map(|e| e.strip_prefix("PATH="));
     let hidden: Vec<String> = mountpoints.iter().map(|(p, _)| p.clone()).collect();
+    let arg0 = req.args.first().map_or("", String::as_str);
     if let rootfs::Lookup::NotFound(message) =
-        rootfs::find_executable(&root, &req.args[0], path_env, &req.cwd, &hidden)
+        rootfs::find_executable(&root, arg0, path_env, &req.cwd, &hidden)
     {
         return Err(ExecError::Start(message));
     }

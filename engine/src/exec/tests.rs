@@ -398,6 +398,8 @@ fn init_must_be_a_static_elf() {
     assert_eq!(init::elf_has_interpreter(b"#!/bin/sh\n"), None);
     elf[56..58].copy_from_slice(&u16::MAX.to_le_bytes()); // headers past the buffer
     assert_eq!(init::elf_has_interpreter(&elf), Some(true));
+    elf[32..40].copy_from_slice(&(u64::MAX - 2).to_le_bytes()); // hostile offsets
+    assert_eq!(init::elf_has_interpreter(&elf), Some(false));
 
     // The test binary itself is dynamically linked.
     let me = std::env::current_exe().unwrap();

@@ -52,7 +52,11 @@ impl GitUrl {
     /// Parses `input` the way Dagger does: `scheme://…` for https, http, git and ssh,
     /// scp-style `user@host:path` for ssh, and anything else as `https://<input>`.
     pub fn parse(input: &str) -> Result<GitUrl, GitError> {
-        let shown = redact_userinfo(input);
+        let shown = match input.rfind('@') {
+            // Scheme-less `user:token@host/path` is https too: mask it the same way.
+            Some(at) if !input.contains("://") => format!("{MASK}{}", &input[at..]),
+            _ => redact_userinfo(input),
+        };
         let invalid = |reason: &str| GitError::InvalidUrl {
             url: shown.clone(),
             reason: reason.to_string(),
@@ -335,6 +339,13 @@ mod tests {
         for s in ["s3cr@t", "s3cr%40t", expected.as_str(), "alice:"] {
             assert!(!red.contains(s), "{s} in {red}");
         }
+        // Errors about scheme-less URLs mask credentials too.
+        let e = GitUrl::parse("bob:t0psecret@host/a b").err().unwrap();
+        assert!(!e.to_string().contains("t0psecret"), "{e}");
+        let e = GitUrl::parse("https://bob:t0psecret@host/a b")
+            .err()
+            .unwrap();
+        assert!(!e.to_string().contains("t0psecret"), "{e}");
         // A token in the user name (GitHub style) is a secret too.
         let u = GitUrl::parse("https://ghp_abcdef@github.com/o/r").unwrap();
         assert!(!u.display().contains("ghp_"));

@@ -263,7 +263,11 @@ impl Snapshotter {
     /// The `fs/` directories that make up a snapshot, top-most first.
     pub fn lowers(&self, id: &SnapshotId) -> Result<Vec<PathBuf>, SnapshotError> {
         if self.kind == SnapshotKind::Native {
-            return Ok(vec![self.path_of(id).join("fs")]);
+            // Ids can arrive from clients inside object IDs: only a recorded one names a path.
+            return match self.meta.get_snapshot(id)? {
+                Some(row) => Ok(vec![self.path_of(&row.id).join("fs")]),
+                None => Err(SnapshotError::NotFound(id.clone())),
+            };
         }
         let mut out = Vec::new();
         let mut next = Some(id.clone());

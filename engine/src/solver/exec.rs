@@ -144,7 +144,7 @@ impl Execution {
             .network
             .attach("dagger")
             .await
-            .map_err(|e| SolveError::Unavailable(e.to_string()))?;
+            .map_err(|e| classified(&e))?;
         let request = ExecRequest {
             rootfs: root.path().to_path_buf(),
             args: argv.clone(),
@@ -164,7 +164,7 @@ impl Execution {
         if let Err(e) = attachment.release().await {
             tracing::warn!("releasing an exec's network: {e}");
         }
-        let output = output.map_err(exec_error)?;
+        let output = output.map_err(|e| classified(&e))?;
         let succeeded = match args.expect {
             Expect::Success => output.exit_code == 0,
             Expect::Failure => output.exit_code != 0,
@@ -204,8 +204,8 @@ impl Execution {
     }
 }
 
-fn exec_error(e: crate::exec::ExecError) -> SolveError {
-    use crate::error::Classify;
+/// Keeps a lower layer's error kind (and message) as it crosses into the solver.
+fn classified<E: crate::error::Classify + std::fmt::Display>(e: &E) -> SolveError {
     match e.kind() {
         crate::ErrorKind::PermissionDenied => SolveError::PermissionDenied(e.to_string()),
         crate::ErrorKind::Unavailable => SolveError::Unavailable(e.to_string()),
