@@ -21,6 +21,20 @@ if [[ ! -x $venv/bin/python ]] || ! cmp -s tests/sdk/requirements.txt "$venv/.re
   cp tests/sdk/requirements.txt "$venv/.requirements"
 fi
 
+# The real TypeScript SDK, pinned in tests/sdk/package.json and package-lock.json. No install
+# scripts: the SDK is plain JavaScript, and none of its dependencies needs one to work.
+node_major=$(node --version 2>/dev/null | sed -E 's/^v([0-9]+).*/\1/')
+if [[ -z $node_major || $node_major -lt 20 ]] || ! command -v npm >/dev/null; then
+  echo "test.sh: the TypeScript SDK tests need Node.js 20 or newer with npm (found: $(node --version 2>/dev/null || echo none))" >&2
+  exit 1
+fi
+modules=tests/sdk/node_modules
+if [[ ! -d $modules/@dagger.io/dagger ]] || ! cat tests/sdk/package.json tests/sdk/package-lock.json | cmp -s - "$modules/.installed-pins"; then
+  rm -rf "$modules"
+  (cd tests/sdk && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+  cat tests/sdk/package.json tests/sdk/package-lock.json > "$modules/.installed-pins"
+fi
+
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo build --locked --workspace --bins

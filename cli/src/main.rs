@@ -2,7 +2,9 @@
 
 mod client;
 mod connect;
+mod run;
 mod runner_host;
+mod session;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -28,6 +30,26 @@ enum Command {
         /// Read the document from FILE instead of standard input.
         #[arg(long, value_name = "FILE")]
         doc: Option<PathBuf>,
+    },
+    /// Run a command with a session: SDKs inside it reach the engine through
+    /// DAGGER_SESSION_PORT and DAGGER_SESSION_TOKEN.
+    #[command(after_help = "Examples:\n  dagger run python3 main.py\n  dagger run node main.mjs")]
+    Run {
+        /// The command and its arguments; everything after COMMAND belongs to it.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
+        command: Vec<String>,
+    },
+    /// Serve the engine's API to an SDK on 127.0.0.1 (started by the SDKs themselves).
+    #[command(hide = true, disable_help_flag = true)]
+    Session {
+        /// Flags the SDKs pass (`--label`, `--workdir`, `--project`, ...): accepted and ignored.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ignored: Vec<String>,
     },
 }
 
@@ -56,6 +78,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Version => version().await,
         Command::Query { doc } => query(doc).await,
+        Command::Run { command } => run::command(command).await,
+        Command::Session { ignored: _ } => session::command().await,
     }
 }
 

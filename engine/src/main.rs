@@ -125,7 +125,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let git = GitService::new(state.root().join("git"), images.snapshotter().clone())?;
         let api = api::Api::new(api::ApiState {
             default_platform: oci::Platform::host(),
-            solver: Solver::new(images, meta, Some(execution)),
+            solver: Solver::new(images, meta, Some(execution), state.cache_mounts_dir()),
             git,
         });
         let names: Vec<String> = listeners.iter().map(|l| l.describe()).collect();

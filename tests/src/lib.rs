@@ -7,6 +7,7 @@
 pub mod images;
 pub mod oci_build;
 pub mod registry;
+pub mod sdk;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

@@ -2,9 +2,11 @@
 //! anything; fields that need values evaluate through the solver.
 
 use super::directory::{Directory, File};
-use super::enums::{ExistsType, NetworkProtocol, ReturnType};
+use super::enums::{CacheSharingMode, ExistsType, NetworkProtocol, ReturnType};
 use super::{solve_error, ApiState, PlatformScalar};
-use crate::solver::node::{ConfigChange, ContainerNode, DirectoryNode, ExecArgs, Expect, FileNode};
+use crate::solver::node::{
+    ConfigChange, ContainerNode, DirectoryNode, ExecArgs, Expect, FileNode, MountSource, MountSpec,
+};
 use crate::solver::{id, ContainerValue};
 use async_graphql::{Context, Object, Result, ID};
 use serde::{Deserialize, Serialize};
@@ -21,6 +23,17 @@ impl Container {
 
     fn parent(&self) -> Box<ContainerNode> {
         Box::new((*self.0).clone())
+    }
+
+    fn mount(&self, path: String, expand: bool, source: MountSource) -> Container {
+        Container::new(ContainerNode::Mount {
+            parent: self.parent(),
+            mount: MountSpec {
+                path,
+                expand,
+                source,
+            },
+        })
     }
 
     fn config(&self, change: ConfigChange) -> Container {
@@ -281,6 +294,145 @@ impl Container {
     /// Returns an error if no command was executed.
     async fn exit_code(&self, ctx: &Context<'_>) -> Result<i32> {
         Ok(self.last_exec(ctx).await?.exit_code)
+    }
+
+    /// Retrieves this container plus a cache volume mounted at the given path.
+    #[allow(clippy::too_many_arguments)]
+    async fn with_mounted_cache(
+        &self,
+        path: String,
+        cache: ID,
+        source: Option<ID>,
+        #[graphql(default_with = "CacheSharingMode::Shared")] sharing: CacheSharingMode,
+        #[graphql(default)] owner: String,
+        #[graphql(default = false)] expand: bool,
+    ) -> Result<Container> {
+        let volume = super::node::load_cache_volume(cache.as_str())?.0;
+        let source = match source {
+            Some(id) => Some(Box::new(
+                (*super::node::load_directory(id.as_str())?.0).clone(),
+            )),
+            None => None,
+        };
+        Ok(self.mount(
+            path,
+            expand,
+            MountSource::Cache {
+                volume,
+                source,
+                sharing: sharing.into(),
+                owner,
+            },
+        ))
+    }
+
+    /// Retrieves this container plus a directory mounted at the given path.
+    async fn with_mounted_directory(
+        &self,
+        path: String,
+        source: ID,
+        #[graphql(default = false)] read_only: bool,
+        #[graphql(default = false)] expand: bool,
+    ) -> Result<Container> {
+        let dir = super::node::load_directory(source.as_str())?;
+        Ok(self.mount(
+            path,
+            expand,
+            MountSource::Directory {
+                source: Box::new((*dir.0).clone()),
+                read_only,
+            },
+        ))
+    }
+
+    /// Retrieves this container plus a file mounted at the given path.
+    async fn with_mounted_file(
+        &self,
+        path: String,
+        source: ID,
+        #[graphql(default = false)] expand: bool,
+    ) -> Result<Container> {
+        let file = super::node::load_file(source.as_str())?;
+        Ok(self.mount(
+            path,
+            expand,
+            MountSource::File {
+                source: Box::new((*file.0).clone()),
+            },
+        ))
+    }
+
+    /// Retrieves this container plus a temporary directory mounted at the given path. Any writes will be ephemeral to a single withExec call; they will not be persisted to subsequent withExecs.
+    async fn with_mounted_temp(
+        &self,
+        path: String,
+        size: Option<i64>,
+        #[graphql(default = false)] expand: bool,
+    ) -> Container {
+        self.mount(path, expand, MountSource::Temp { size })
+    }
+
+    /// Retrieves this container plus a secret mounted into a file at the given path.
+    async fn with_mounted_secret(
+        &self,
+        path: String,
+        source: ID,
+        #[graphql(default)] owner: String,
+        #[graphql(default = 256)] mode: i32,
+        #[graphql(default = false)] expand: bool,
+    ) -> Result<Container> {
+        let secret = super::node::load_secret(source.as_str())?.0;
+        Ok(self.mount(
+            path,
+            expand,
+            MountSource::Secret {
+                secret,
+                owner,
+                mode,
+            },
+        ))
+    }
+
+    /// Retrieves this container after unmounting everything at the given path.
+    async fn without_mount(
+        &self,
+        path: String,
+        #[graphql(default = false)] expand: bool,
+    ) -> Container {
+        Container::new(ContainerNode::Unmount {
+            parent: self.parent(),
+            path,
+            expand,
+        })
+    }
+
+    /// Retrieves this container plus an env variable containing the given secret.
+    async fn with_secret_variable(&self, name: String, secret: ID) -> Result<Container> {
+        let secret = super::node::load_secret(secret.as_str())?.0;
+        Ok(Container::new(ContainerNode::SecretEnv {
+            parent: self.parent(),
+            name,
+            secret,
+        }))
+    }
+
+    /// Retrieves this container minus the given environment variable containing the secret.
+    async fn without_secret_variable(&self, name: String) -> Container {
+        Container::new(ContainerNode::NoSecretEnv {
+            parent: self.parent(),
+            name,
+        })
+    }
+
+    /// Retrieves the list of paths where a directory is mounted.
+    async fn mounts(&self, ctx: &Context<'_>) -> Result<Vec<String>> {
+        Ok(self
+            .value(ctx)
+            .await?
+            .mounts
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect())
     }
 
     /// Retrieves this container plus the given environment variable.

@@ -37,3 +37,28 @@ pub enum ReturnType {
     #[graphql(name = "ANY")]
     Any,
 }
+
+/// Sharing mode of the cache volume.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug, Default)]
+pub enum CacheSharingMode {
+    /// Shares the cache volume amongst many build pipelines
+    #[default]
+    #[graphql(name = "SHARED")]
+    Shared,
+    /// Keeps a cache volume for a single build pipeline
+    #[graphql(name = "PRIVATE")]
+    Private,
+    /// Shares the cache volume amongst many build pipelines, but will serialize the writes
+    #[graphql(name = "LOCKED")]
+    Locked,
+}
+
+impl From<CacheSharingMode> for crate::solver::node::Sharing {
+    fn from(m: CacheSharingMode) -> Self {
+        match m {
+            CacheSharingMode::Shared => crate::solver::node::Sharing::Shared,
+            CacheSharingMode::Private => crate::solver::node::Sharing::Private,
+            CacheSharingMode::Locked => crate::solver::node::Sharing::Locked,
+        }
+    }
+}

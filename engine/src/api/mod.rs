@@ -8,12 +8,14 @@ mod git;
 mod node;
 mod query;
 mod scalars;
+mod volumes;
 
 pub use container::Container;
 pub use directory::{Directory, File};
 pub use git::{GitRef, GitRepository};
 pub use query::QueryRoot;
 pub use scalars::PlatformScalar;
+pub use volumes::{CacheVolume, Secret};
 
 use crate::error::{Classify, ErrorKind};
 use crate::oci::Platform;

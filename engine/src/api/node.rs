@@ -3,6 +3,7 @@
 use super::container::{Container, EnvVariable, Label, Port};
 use super::directory::{Directory, File};
 use super::gql_error;
+use super::volumes::{CacheVolume, Secret};
 use crate::solver::id::{self, IdError};
 use crate::solver::node::{ContainerNode, DirectoryNode, FileNode};
 use async_graphql::{Interface, ID};
@@ -17,6 +18,8 @@ pub enum NodeObject {
     EnvVariable(EnvVariable),
     Label(Label),
     Port(Port),
+    CacheVolume(CacheVolume),
+    Secret(Secret),
 }
 
 fn id_error(e: IdError) -> async_graphql::Error {
@@ -33,6 +36,8 @@ pub(crate) fn load(raw: &str) -> async_graphql::Result<NodeObject> {
         "EnvVariable" => NodeObject::EnvVariable(id::decode("EnvVariable", raw).map_err(id_error)?),
         "Label" => NodeObject::Label(id::decode("Label", raw).map_err(id_error)?),
         "Port" => NodeObject::Port(id::decode("Port", raw).map_err(id_error)?),
+        "CacheVolume" => NodeObject::CacheVolume(load_cache_volume(raw)?),
+        "Secret" => NodeObject::Secret(load_secret(raw)?),
         other => {
             return Err(id_error(IdError::Malformed(format!(
                 "unknown object type {other:?}"
@@ -57,6 +62,16 @@ pub(crate) fn load_file(raw: &str) -> async_graphql::Result<File> {
     id::decode::<FileNode>("File", raw)
         .map(File::new)
         .map_err(id_error)
+}
+
+pub(crate) fn load_cache_volume(raw: &str) -> async_graphql::Result<CacheVolume> {
+    id::decode("CacheVolume", raw)
+        .map(CacheVolume)
+        .map_err(id_error)
+}
+
+pub(crate) fn load_secret(raw: &str) -> async_graphql::Result<Secret> {
+    id::decode("Secret", raw).map(Secret).map_err(id_error)
 }
 
 /// `ID` accepted as written, whatever the legacy per-type scalar it was sent as.

@@ -1,6 +1,10 @@
 use super::node::{self, NodeObject};
-use super::scalars::{ContainerId, DirectoryId, EnvVariableId, FileId, LabelId, PortId};
+use super::scalars::{
+    CacheVolumeId, ContainerId, DirectoryId, EnvVariableId, FileId, LabelId, PortId, SecretId,
+};
 use super::{ApiState, Container, Directory, File, PlatformScalar};
+use super::{CacheVolume, Secret};
+use crate::solver::node::{CacheVolumeNode, SecretNode};
 use crate::solver::node::{ContainerNode, DirectoryNode};
 use async_graphql::{Context, Object, Result, ID};
 use std::sync::Arc;
@@ -106,5 +110,58 @@ impl QueryRoot {
     async fn load_port_from_id(&self, id: PortId) -> Result<super::container::Port> {
         crate::solver::id::decode("Port", &id.0)
             .map_err(|e| super::gql_error(crate::ErrorKind::InvalidArgument, e.to_string()))
+    }
+
+    /// Constructs a cache volume for a given cache key.
+    async fn cache_volume(&self, key: String) -> Result<CacheVolume> {
+        if key.is_empty() {
+            return Err(super::gql_error(
+                crate::ErrorKind::InvalidArgument,
+                "a cache volume needs a non-empty key".into(),
+            ));
+        }
+        Ok(CacheVolume(CacheVolumeNode { key }))
+    }
+
+    /// Sets a secret given a user defined name to its plaintext and returns the secret.
+    ///
+    /// The plaintext value is limited to a size of 128000 bytes.
+    async fn set_secret(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        plaintext: String,
+    ) -> Result<Secret> {
+        if plaintext.len() > 128_000 {
+            return Err(super::gql_error(
+                crate::ErrorKind::InvalidArgument,
+                format!("secret {name:?} is larger than 128000 bytes"),
+            ));
+        }
+        let state = ctx.data_unchecked::<Arc<ApiState>>();
+        Ok(Secret(state.solver.set_secret(&name, plaintext.as_bytes())))
+    }
+
+    /// Creates a new secret from a URI: env://NAME or file://PATH (read where the engine runs).
+    async fn secret(&self, ctx: &Context<'_>, uri: String) -> Result<Secret> {
+        let state = ctx.data_unchecked::<Arc<ApiState>>();
+        let node = SecretNode::Uri { uri };
+        state
+            .solver
+            .secret_plaintext(&node)
+            .map_err(|e| super::solve_error(&e))?;
+        Ok(Secret(node))
+    }
+
+    /// Load a CacheVolume from its ID.
+    #[graphql(name = "loadCacheVolumeFromID")]
+    async fn load_cache_volume_from_id(&self, id: CacheVolumeId) -> Result<CacheVolume> {
+        node::load_cache_volume(&id.0)
+    }
+
+    /// Load a Secret from its ID.
+    #[graphql(name = "loadSecretFromID")]
+    async fn load_secret_from_id(&self, id: SecretId) -> Result<Secret> {
+        node::load_secret(&id.0)
     }
 }

@@ -61,3 +61,5 @@ id_scalar!(FileId, "FileID");
 id_scalar!(EnvVariableId, "EnvVariableID");
 id_scalar!(LabelId, "LabelID");
 id_scalar!(PortId, "PortID");
+id_scalar!(CacheVolumeId, "CacheVolumeID");
+id_scalar!(SecretId, "SecretID");

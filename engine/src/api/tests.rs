@@ -25,7 +25,7 @@ fn api() -> Api {
     let git = crate::git::GitService::new(dir.join("git"), images.snapshotter().clone()).unwrap();
     Api::new(ApiState {
         default_platform: Platform::parse("linux/amd64").unwrap(),
-        solver: crate::solver::Solver::new(images, meta, None),
+        solver: crate::solver::Solver::new(images, meta, None, dir.join("cachemounts")),
         git,
     })
 }

@@ -22,7 +22,7 @@ mod output;
 mod rootfs;
 mod runc;
 mod spec;
-mod user;
+pub mod user;
 
 #[cfg(test)]
 mod tests;
@@ -454,19 +454,28 @@ impl Executor {
         _proof: Authorized,
         mut cancelled: oneshot::Receiver<()>,
     ) -> Result<ExecOutput, ExecError> {
+        let queued = Instant::now();
         let _permit = tokio::select! {
             p = self.inner.permits.clone().acquire_owned() => {
                 p.map_err(|_| ExecError::Internal("the executor is closed".into()))?
             }
             _ = &mut cancelled => return Err(ExecError::Cancelled),
         };
+        let permit_us = micros(queued);
         let id = self.inner.new_id();
         let mut cleanup = Cleanup::new(self.inner.clone(), &id, &req.rootfs);
         let result = self
             .start_inner(&id, req, &mut cleanup, &mut cancelled)
             .await;
+        let cleaning = Instant::now();
         // Delivered output owns its spill files; otherwise they are the cleanup's.
         cleanup.run(result.is_ok()).await;
+        tracing::debug!(
+            id = %id,
+            permit_us,
+            cleanup_us = micros(cleaning),
+            "executor cleanup timing"
+        );
         result
     }
 
@@ -478,6 +487,7 @@ impl Executor {
         cancelled: &mut oneshot::Receiver<()>,
     ) -> Result<ExecOutput, ExecError> {
         let inner = &self.inner;
+        let phase = Instant::now();
         let bundle = inner.bundles.join(id);
         std::fs::create_dir(&bundle).map_err(io_err("creating bundle", &bundle))?;
         cleanup.bundle = Some(bundle.clone());
@@ -500,7 +510,9 @@ impl Executor {
         ) {
             return Err(ExecError::Cancelled);
         }
+        let prepare_us = micros(phase);
 
+        let phase = Instant::now();
         let cg = ExecCgroup::create(&inner.cgroups, id, req.memory_limit).map_err(|e| {
             if req.memory_limit.is_some() {
                 ExecError::InvalidRequest(format!("cannot apply the memory limit: {e}"))
@@ -509,7 +521,9 @@ impl Executor {
             }
         })?;
         cleanup.cgroup = Some(cg);
+        let cgroup_us = micros(phase);
 
+        let phase = Instant::now();
         let mut args = Vec::with_capacity(req.args.len() + 2);
         if !req.no_init {
             args.extend([INIT_PATH.to_string(), "--".to_string()]);
@@ -542,6 +556,7 @@ impl Executor {
         let json = serde_json::to_vec(&spec)
             .map_err(|e| ExecError::Internal(format!("serializing the runtime spec: {e}")))?;
         std::fs::write(&config, json).map_err(io_err("writing", &config))?;
+        let spec_us = micros(phase);
 
         let log = bundle.join("runc.log");
         let (log_s, bundle_s) = (log.to_string_lossy(), bundle.to_string_lossy());
@@ -566,6 +581,7 @@ impl Executor {
         .kill_on_drop(true);
         let started = Instant::now();
         let mut child = cmd.spawn().map_err(io_err("starting", &inner.runc.path))?;
+        let spawn_us = micros(started);
         cleanup.started = true;
 
         let stdin_pipe = child.stdin.take();
@@ -622,6 +638,15 @@ impl Executor {
                 tracing::debug!("runc logged for exec {id}: {}", errors.join("; "));
             }
         }
+        tracing::debug!(
+            id,
+            prepare_us,
+            cgroup_us,
+            spec_us,
+            spawn_us,
+            runc_us = duration.as_micros() as u64,
+            "executor timing"
+        );
         Ok(ExecOutput {
             exit_code,
             stdout_truncated: captured.stdout.truncated(),
@@ -711,6 +736,11 @@ impl Drop for ActiveGuard {
             self.0.idle.notify_waiters();
         }
     }
+}
+
+/// Microseconds since `since`, for the debug timing lines.
+fn micros(since: Instant) -> u64 {
+    since.elapsed().as_micros() as u64
 }
 
 /// Kills a running container: `runc kill` (retried while runc may still be creating it), then

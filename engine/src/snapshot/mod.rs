@@ -164,6 +164,11 @@ impl Snapshotter {
         self.kind
     }
 
+    /// Scratch space on the same filesystem (views, exec roots, secret tmpfs mounts).
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
     fn path_of(&self, id: &str) -> PathBuf {
         self.dir.join(id)
     }

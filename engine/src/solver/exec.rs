@@ -2,16 +2,17 @@
 //! in its own network namespace, and keep the changes as a new snapshot. Results are cached
 //! persistently by the content of what the process saw.
 
-use super::node::{ExecArgs, Expect};
+use super::node::{ExecArgs, Expect, MountSource};
 use super::{fs, ContainerValue, Result, SolveError, Solver};
-use crate::exec::{ExecRequest, Executor};
+use crate::exec::{bind_mount, ExecRequest, Executor, Mount};
 use crate::metadata::ResultRecord;
 use crate::network::Network;
 use crate::oci::Digest;
 use crate::sys::inroot::Root;
 use serde::{Deserialize, Serialize};
-use std::io::Read;
+use std::io::Read as _;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// How much of each stream an exec error carries (the SDKs print it).
 const ERROR_OUTPUT_LIMIT: usize = 64 << 10;
@@ -76,12 +77,15 @@ impl Execution {
         parent: &ContainerValue,
         args: &ExecArgs,
     ) -> Result<ContainerValue> {
+        let started = Instant::now();
         let argv = argv(parent, args)?;
-        let key = cache_key(parent, args, &argv);
+        let key = cache_key(solver, parent, args, &argv).await?;
         if let Some(hit) = self.cached(solver, &key).await? {
             return Ok(with_result(parent, hit.rootfs, hit.exec));
         }
+        let lookup_us = micros(started);
         let (rootfs, exec) = self.execute(solver, parent, args, argv).await?;
+        let recording = Instant::now();
         let record = ResultRecord {
             kind: "exec".into(),
             value: serde_json::to_string(&Cached {
@@ -95,6 +99,12 @@ impl Execution {
         tokio::task::spawn_blocking(move || meta.put_result(&key, &record))
             .await
             .map_err(|e| SolveError::Internal(e.to_string()))??;
+        tracing::debug!(
+            lookup_us,
+            record_us = micros(recording),
+            total_us = micros(started),
+            "exec solve timing"
+        );
         Ok(with_result(parent, rootfs, exec))
     }
 
@@ -127,6 +137,7 @@ impl Execution {
     ) -> Result<(Option<String>, ExecResult)> {
         let snapshots = solver.snapshotter().clone();
         let base = parent.rootfs.clone();
+        let phase = Instant::now();
         let root = {
             let s = snapshots.clone();
             tokio::task::spawn_blocking(move || s.prepare_exec(base.as_ref()))
@@ -140,15 +151,26 @@ impl Execution {
             let path = fs::join(&cwd, &parent.expand(&args.redirect_stdin, args.expand));
             read_in_root(root.path(), &path)?
         };
+        let prepare_us = micros(phase);
+        let mounted = materialize(solver, parent, &solver.tmp_dir()).await?;
+        let mut env = parent.config.env.clone();
+        for ((name, _), value) in parent.secret_env.iter().zip(
+            mounted.secret_values[mounted.secret_values.len() - parent.secret_env.len()..].iter(),
+        ) {
+            env.retain(|kv| kv.split_once('=').map(|(k, _)| k) != Some(name.as_str()));
+            env.push(format!("{name}={}", String::from_utf8_lossy(value)));
+        }
+        let phase = Instant::now();
         let attachment = self
             .network
             .attach("dagger")
             .await
             .map_err(|e| classified(&e))?;
+        let attach_us = micros(phase);
         let request = ExecRequest {
             rootfs: root.path().to_path_buf(),
             args: argv.clone(),
-            env: parent.config.env.clone(),
+            env,
             cwd: cwd.clone(),
             user: parent.config.user.clone(),
             hostname: "dagger".into(),
@@ -158,19 +180,26 @@ impl Execution {
             netns: Some(attachment.netns.clone()),
             resolv_conf: Some(attachment.resolv_conf.clone()),
             hosts: Some(attachment.hosts.clone()),
+            extra_mounts: mounted.specs.clone(),
             ..ExecRequest::default()
         };
+        let phase = Instant::now();
         let output = self.executor.run(request).await;
+        let run_us = micros(phase);
+        let phase = Instant::now();
         if let Err(e) = attachment.release().await {
             tracing::warn!("releasing an exec's network: {e}");
         }
+        let release_us = micros(phase);
         let output = output.map_err(|e| classified(&e))?;
         let succeeded = match args.expect {
             Expect::Success => output.exit_code == 0,
             Expect::Failure => output.exit_code != 0,
             Expect::Any => true,
         };
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        // Secret values never leave in outputs or errors.
+        let secrets = mounted.secret_values.clone();
+        let text = |b: &[u8]| super::secrets::scrub(&String::from_utf8_lossy(b), &secrets);
         let mut result = ExecResult {
             exit_code: output.exit_code,
             stdout: text(&output.stdout),
@@ -197,11 +226,26 @@ impl Execution {
                 stream.clear();
             }
         }
+        let phase = Instant::now();
+        drop(mounted);
         let snapshot = tokio::task::spawn_blocking(move || snapshots.commit_exec(root))
             .await
             .map_err(|e| SolveError::Internal(e.to_string()))??;
+        tracing::debug!(
+            prepare_us,
+            attach_us,
+            run_us,
+            release_us,
+            commit_us = micros(phase),
+            "exec timing"
+        );
         Ok((Some(snapshot), result))
     }
+}
+
+/// Microseconds since `since`, for the debug timing lines.
+fn micros(since: Instant) -> u64 {
+    since.elapsed().as_micros() as u64
 }
 
 /// Keeps a lower layer's error kind (and message) as it crosses into the solver.
@@ -240,7 +284,46 @@ fn argv(parent: &ContainerValue, args: &ExecArgs) -> Result<Vec<String>> {
 }
 
 /// Everything the process could observe, by content: the same key means the same result.
-fn cache_key(parent: &ContainerValue, args: &ExecArgs, argv: &[String]) -> Digest {
+/// Mounted trees count by their snapshots; a cache volume counts by its key only (its
+/// contents are meant to change underneath); secrets count by a salted digest, never by value.
+async fn cache_key(
+    solver: &Solver,
+    parent: &ContainerValue,
+    args: &ExecArgs,
+    argv: &[String],
+) -> Result<Digest> {
+    let mut mounts = Vec::new();
+    for (path, source) in &parent.mounts {
+        let what = match source {
+            MountSource::Cache {
+                volume, sharing, ..
+            } => serde_json::json!({"cache": volume.key, "sharing": sharing}),
+            MountSource::Directory { source, read_only } => {
+                let t = solver.directory(source).await?;
+                serde_json::json!({"dir": *t, "ro": read_only})
+            }
+            MountSource::File { source } => {
+                let t = solver.file(source).await?;
+                serde_json::json!({"file": *t})
+            }
+            MountSource::Temp { size } => serde_json::json!({"tmp": size}),
+            MountSource::Secret {
+                secret,
+                owner,
+                mode,
+            } => serde_json::json!({
+                "secret": solver.secrets().key_material(secret)?, "owner": owner, "mode": mode
+            }),
+        };
+        mounts.push(serde_json::json!([path, what]));
+    }
+    let mut secret_env = Vec::new();
+    for (name, secret) in &parent.secret_env {
+        secret_env.push(serde_json::json!([
+            name,
+            solver.secrets().key_material(secret)?
+        ]));
+    }
     let material = serde_json::json!({
         "op": "exec/v1",
         "platform": parent.platform,
@@ -250,8 +333,225 @@ fn cache_key(parent: &ContainerValue, args: &ExecArgs, argv: &[String]) -> Diges
         "user": parent.config.user,
         "argv": argv,
         "args": args,
+        "mounts": mounts,
+        "secretEnv": secret_env,
     });
-    Digest::of(material.to_string().as_bytes())
+    Ok(Digest::of(material.to_string().as_bytes()))
+}
+
+/// What an exec's mounts hold on to until it ends: writable copies of mounted directories,
+/// read-only views, cache volume leases, secret tmpfs mounts.
+#[derive(Default)]
+struct Mounted {
+    specs: Vec<Mount>,
+    exec_roots: Vec<crate::snapshot::ExecRoot>,
+    views: Vec<crate::snapshot::View>,
+    caches: Vec<super::cache_volumes::CacheLease>,
+    secret_dirs: Vec<SecretDir>,
+    secret_values: Vec<Vec<u8>>,
+}
+
+/// A tmpfs holding one secret file; unmounted when the exec ends.
+struct SecretDir(std::path::PathBuf);
+
+impl Drop for SecretDir {
+    fn drop(&mut self) {
+        if let Err(e) = crate::sys::mount::unmount_detach(&self.0) {
+            tracing::warn!("cannot unmount secret dir {}: {e}", self.0.display());
+            return;
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+static SECRET_DIRS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+async fn materialize(
+    solver: &Solver,
+    parent: &ContainerValue,
+    tmp: &std::path::Path,
+) -> Result<Mounted> {
+    let mut m = Mounted::default();
+    let snapshots = solver.snapshotter().clone();
+    for (path, source) in &parent.mounts {
+        match source {
+            MountSource::Cache {
+                volume,
+                source,
+                sharing,
+                owner,
+            } => {
+                let seed = match source {
+                    Some(d) => Some(solver.directory(d).await?),
+                    None => None,
+                };
+                let ids = if owner.is_empty() {
+                    None
+                } else {
+                    Some(resolve_owner(solver, parent, owner).await?)
+                };
+                let snaps = snapshots.clone();
+                let lease = solver
+                    .cache_volumes()
+                    .acquire(&volume.key, *sharing, move |dir| {
+                        if let Some(t) = &seed {
+                            copy_tree_from(&snaps, t, dir)?;
+                        }
+                        if let Some((uid, gid)) = ids {
+                            crate::sys::chown(dir, Some(uid), Some(gid)).map_err(|e| {
+                                SolveError::Internal(format!("chown cache volume: {e}"))
+                            })?;
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                m.specs.push(bind_mount(&lease.path, path, false));
+                m.caches.push(lease);
+            }
+            MountSource::Directory { source, read_only } => {
+                let t = solver.directory(source).await?;
+                let s = snapshots.clone();
+                let snap = t.snapshot.clone();
+                let root = tokio::task::spawn_blocking(move || s.prepare_exec(snap.as_ref()))
+                    .await
+                    .map_err(|e| SolveError::Internal(e.to_string()))??;
+                let host = Root::open(root.path())
+                    .and_then(|r| r.real_path(&t.path))
+                    .map_err(|e| SolveError::Fs(fs::io_error(&t.path, e)))?;
+                m.specs.push(bind_mount(&host, path, *read_only));
+                m.exec_roots.push(root);
+            }
+            MountSource::File { source } => {
+                let t = solver.file(source).await?;
+                let s = snapshots.clone();
+                let snap = t.snapshot.clone();
+                let view = tokio::task::spawn_blocking(move || s.view(snap.as_ref()))
+                    .await
+                    .map_err(|e| SolveError::Internal(e.to_string()))??;
+                let host = Root::open(view.root())
+                    .and_then(|r| r.real_path(&t.path))
+                    .map_err(|e| SolveError::Fs(fs::io_error(&t.path, e)))?;
+                m.specs.push(bind_mount(&host, path, true));
+                m.views.push(view);
+            }
+            MountSource::Temp { size } => {
+                let mut options = vec!["nosuid".to_string(), "nodev".to_string()];
+                if let Some(bytes) = size.filter(|s| *s > 0) {
+                    options.push(format!("size={bytes}"));
+                }
+                let mut spec = Mount::default();
+                spec.set_destination(std::path::PathBuf::from(path))
+                    .set_typ(Some("tmpfs".into()))
+                    .set_source(Some("tmpfs".into()))
+                    .set_options(Some(options));
+                m.specs.push(spec);
+            }
+            MountSource::Secret {
+                secret,
+                owner,
+                mode,
+            } => {
+                let value = solver.secrets().plaintext(secret)?;
+                let n = SECRET_DIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let dir = tmp.join(format!("secret-{}-{n}", std::process::id()));
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| SolveError::Internal(format!("secret dir: {e}")))?;
+                crate::sys::mount::mount_tmpfs(&dir, (value.len() as u64 + 4096).max(65536), 0o700)
+                    .map_err(|e| SolveError::Internal(format!("secret tmpfs: {e}")))?;
+                let guard = SecretDir(dir.clone());
+                let file = dir.join("secret");
+                write_secret_file(&file, &value, *mode)?;
+                if !owner.is_empty() {
+                    let (uid, gid) = resolve_owner(solver, parent, owner).await?;
+                    crate::sys::chown(&file, Some(uid), Some(gid))
+                        .map_err(|e| SolveError::Internal(format!("chown secret: {e}")))?;
+                }
+                m.specs.push(bind_mount(&file, path, true));
+                m.secret_dirs.push(guard);
+                m.secret_values.push(value);
+            }
+        }
+    }
+    for (_, secret) in &parent.secret_env {
+        m.secret_values.push(solver.secrets().plaintext(secret)?);
+    }
+    Ok(m)
+}
+
+fn write_secret_file(path: &std::path::Path, value: &[u8], mode: i32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode((mode as u32) & 0o7777)
+        .open(path)
+        .map_err(|e| SolveError::Internal(format!("secret file: {e}")))?;
+    std::io::Write::write_all(&mut f, value)
+        .map_err(|e| SolveError::Internal(format!("secret file: {e}")))?;
+    std::fs::set_permissions(
+        path,
+        std::os::unix::fs::PermissionsExt::from_mode((mode as u32) & 0o7777),
+    )
+    .map_err(|e| SolveError::Internal(format!("secret file: {e}")))
+}
+
+/// `owner` (uid, uid:gid, name, name:group) against the container's /etc/passwd and /etc/group.
+async fn resolve_owner(
+    solver: &Solver,
+    parent: &ContainerValue,
+    owner: &str,
+) -> Result<(u32, u32)> {
+    let owner = owner.to_string();
+    fs::with_root(solver.snapshotter(), parent.rootfs.clone(), move |root| {
+        let read = |p: &str| {
+            let mut s = String::new();
+            root.open_file(p).ok()?.read_to_string(&mut s).ok()?;
+            Some(s)
+        };
+        let (passwd, group) = (read("/etc/passwd"), read("/etc/group"));
+        crate::exec::user::resolve(&owner, passwd.as_deref(), group.as_deref())
+            .map(|u| (u.uid, u.gid))
+            .map_err(|e| FsErrorShim(e).into())
+    })
+    .await
+    .map_err(SolveError::from)
+}
+
+/// Carries an owner-resolution message through the fs error type.
+struct FsErrorShim(String);
+
+impl From<FsErrorShim> for fs::FsError {
+    fn from(e: FsErrorShim) -> Self {
+        fs::FsError::Io {
+            path: "owner".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.0),
+        }
+    }
+}
+
+/// Seeds a new cache volume from a directory tree.
+fn copy_tree_from(
+    snapshots: &crate::snapshot::Snapshotter,
+    tree: &super::TreeRef,
+    dest: &std::path::Path,
+) -> Result<()> {
+    let view = snapshots.view(tree.snapshot.as_ref())?;
+    let src = Root::open(view.root())
+        .and_then(|r| r.real_path(&tree.path))
+        .map_err(|e| SolveError::Fs(fs::io_error(&tree.path, e)))?;
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", src.display()))
+        .arg(dest)
+        .output()
+        .map_err(|e| SolveError::Internal(format!("seeding cache volume: {e}")))?;
+    if !out.status.success() {
+        return Err(SolveError::Internal(format!(
+            "seeding cache volume: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 fn with_result(

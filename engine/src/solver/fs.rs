@@ -156,7 +156,7 @@ pub fn glob(root: &Root, dir: &str, pattern: &str) -> Result<Vec<String>, FsErro
     Ok(out)
 }
 
-fn match_segments(pat: &[&str], path: &[&str]) -> Result<bool, String> {
+pub(crate) fn match_segments(pat: &[&str], path: &[&str]) -> Result<bool, String> {
     match (pat.first(), path.first()) {
         (None, None) => Ok(true),
         (None, Some(_)) => Ok(false),
@@ -181,7 +181,7 @@ fn match_segments(pat: &[&str], path: &[&str]) -> Result<bool, String> {
 }
 
 /// One path segment against `*`, `?` and `[...]` (with `!`/`^` negation and ranges).
-fn match_one(p: &[u8], s: &[u8]) -> Result<bool, String> {
+pub(crate) fn match_one(p: &[u8], s: &[u8]) -> Result<bool, String> {
     if p.is_empty() {
         return Ok(s.is_empty());
     }

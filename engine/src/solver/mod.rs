@@ -9,10 +9,16 @@
 //!   reused by any later session, any client, and after a restart.
 //! * Concurrent evaluations of the same node share one flight.
 
+mod cache_volumes;
+mod change;
+mod digest;
 mod exec;
+mod filter;
 pub mod fs;
 pub mod id;
 pub mod node;
+pub mod secrets;
+mod tree;
 
 use crate::error::{Classify, ErrorKind};
 use crate::image::{ImageConfig, ImageError, ImageService};
@@ -20,7 +26,7 @@ use crate::metadata::{Metadata, MetadataError};
 use crate::oci::{Digest, Platform, Reference};
 use crate::snapshot::SnapshotId;
 use crate::util::Singleflight;
-use node::{ConfigChange, ContainerNode, DirectoryNode, FileNode};
+use node::{ConfigChange, ContainerNode, DirectoryNode, FileNode, MountSource, SecretNode};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -98,6 +104,10 @@ pub struct ContainerValue {
     pub image_ref: Option<String>,
     /// The last exec's outcome: what `stdout`, `stderr` and `exitCode` read.
     pub exec: Option<Arc<ExecResult>>,
+    /// Mounted into execs at these absolute paths (not part of the rootfs).
+    pub mounts: Vec<(String, MountSource)>,
+    /// Environment variables whose values are secrets, set only for execs.
+    pub secret_env: Vec<(String, SecretNode)>,
 }
 
 impl ContainerValue {
@@ -143,6 +153,8 @@ struct Inner {
     images: ImageService,
     meta: Metadata,
     execution: Option<Execution>,
+    secrets: secrets::Secrets,
+    cache_volumes: cache_volumes::CacheVolumes,
     memo: Mutex<HashMap<Digest, Memo>>,
     flights: Singleflight<Digest, Result<Memo, Arc<SolveError>>>,
 }
@@ -156,12 +168,20 @@ fn key_of<T: Serialize>(kind: &str, node: &T) -> Digest {
 
 impl Solver {
     /// `execution` is `None` where containers cannot run (then `withExec` fails clearly).
-    pub fn new(images: ImageService, meta: Metadata, execution: Option<Execution>) -> Self {
+    /// Cache volumes live under `cache_dir`.
+    pub fn new(
+        images: ImageService,
+        meta: Metadata,
+        execution: Option<Execution>,
+        cache_dir: std::path::PathBuf,
+    ) -> Self {
         Solver {
             inner: Arc::new(Inner {
                 images,
                 meta,
                 execution,
+                secrets: secrets::Secrets::new(),
+                cache_volumes: cache_volumes::CacheVolumes::new(cache_dir),
                 memo: Mutex::new(HashMap::new()),
                 flights: Singleflight::new(),
             }),
@@ -222,6 +242,8 @@ impl Solver {
                     config: ImageConfig::default(),
                     image_ref: None,
                     exec: None,
+                    mounts: Vec::new(),
+                    secret_env: Vec::new(),
                 }),
                 ContainerNode::From { parent, address } => {
                     let p = self.container(parent).await?;
@@ -241,11 +263,60 @@ impl Solver {
                         config: image.config.clone(),
                         image_ref: Some(image.reference.to_string()),
                         exec: None,
+                        mounts: p.mounts.clone(),
+                        secret_env: p.secret_env.clone(),
                     })
                 }
                 ContainerNode::Config { parent, change } => {
                     let p = self.container(parent).await?;
                     Ok(apply_config(&p, change))
+                }
+                ContainerNode::Mount { parent, mount } => {
+                    let p = self.container(parent).await?;
+                    let path = fs::join(p.cwd(), &p.expand(&mount.path, mount.expand));
+                    if let MountSource::Secret { secret, .. } = &mount.source {
+                        // Fail here, where the user wrote it, rather than at the first exec.
+                        self.inner.secrets.plaintext(secret)?;
+                    }
+                    let mut next = (*p).clone();
+                    next.image_ref = None;
+                    next.mounts.retain(|(m, _)| *m != path);
+                    next.mounts.push((path, mount.source.clone()));
+                    Ok(next)
+                }
+                ContainerNode::Unmount {
+                    parent,
+                    path,
+                    expand,
+                } => {
+                    let p = self.container(parent).await?;
+                    let path = fs::join(p.cwd(), &p.expand(path, *expand));
+                    if !p.mounts.iter().any(|(m, _)| *m == path) {
+                        return Err(SolveError::InvalidArgument(format!(
+                            "{path}: nothing is mounted there"
+                        )));
+                    }
+                    let mut next = (*p).clone();
+                    next.mounts.retain(|(m, _)| *m != path);
+                    Ok(next)
+                }
+                ContainerNode::SecretEnv {
+                    parent,
+                    name,
+                    secret,
+                } => {
+                    let p = self.container(parent).await?;
+                    self.inner.secrets.plaintext(secret)?;
+                    let mut next = (*p).clone();
+                    next.secret_env.retain(|(n, _)| n != name);
+                    next.secret_env.push((name.clone(), secret.clone()));
+                    Ok(next)
+                }
+                ContainerNode::NoSecretEnv { parent, name } => {
+                    let p = self.container(parent).await?;
+                    let mut next = (*p).clone();
+                    next.secret_env.retain(|(n, _)| n != name);
+                    Ok(next)
                 }
                 ContainerNode::Exec { parent, exec } => {
                     let p = self.container(parent).await?;
@@ -255,6 +326,14 @@ impl Solver {
                         )
                     })?;
                     execution.run(self, &p, exec).await
+                }
+                ContainerNode::Fs {
+                    parent,
+                    change,
+                    expand,
+                } => self.changed_container(parent, change, *expand).await,
+                ContainerNode::WithRootfs { parent, directory } => {
+                    self.with_rootfs(parent, directory).await
                 }
             }
         })
@@ -315,6 +394,12 @@ impl Solver {
                     }
                     (Some(snapshot.clone()), "/".to_string())
                 }
+                DirectoryNode::Changed { parent, change } => {
+                    return self.changed_directory(parent, change).await;
+                }
+                DirectoryNode::Diff { lower, upper } => {
+                    return self.diff_directories(lower, upper).await;
+                }
             };
             let check = path.clone();
             fs::with_root(self.snapshotter(), snapshot.clone(), move |root| {
@@ -338,6 +423,10 @@ impl Solver {
                         let d = self.directory(directory).await?;
                         (d.snapshot.clone(), fs::join(&d.path, path))
                     }
+                    FileNode::New { .. } | FileNode::Renamed { .. } => {
+                        let t = self.standalone_file(node).await?;
+                        return Ok(Memo::Tree(Arc::new(t)));
+                    }
                 };
                 let check = path.clone();
                 fs::with_root(self.snapshotter(), snapshot.clone(), move |root| {
@@ -355,6 +444,28 @@ impl Solver {
 
     pub(crate) fn metadata(&self) -> &Metadata {
         &self.inner.meta
+    }
+
+    /// Stores a secret value in engine memory and returns the node that names it.
+    pub fn set_secret(&self, name: &str, plaintext: &[u8]) -> SecretNode {
+        self.inner.secrets.set(name, plaintext)
+    }
+
+    /// A secret's value (for `Secret.plaintext`).
+    pub fn secret_plaintext(&self, node: &SecretNode) -> Result<Vec<u8>> {
+        self.inner.secrets.plaintext(node)
+    }
+
+    pub(crate) fn tmp_dir(&self) -> std::path::PathBuf {
+        self.snapshotter().tmp_dir().to_path_buf()
+    }
+
+    pub(crate) fn secrets(&self) -> &secrets::Secrets {
+        &self.inner.secrets
+    }
+
+    pub(crate) fn cache_volumes(&self) -> &cache_volumes::CacheVolumes {
+        &self.inner.cache_volumes
     }
 }
 

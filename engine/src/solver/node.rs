@@ -25,6 +25,101 @@ pub enum ContainerNode {
         parent: Box<ContainerNode>,
         exec: ExecArgs,
     },
+    /// `withMounted*`: something mounted into later execs (not part of the rootfs).
+    Mount {
+        parent: Box<ContainerNode>,
+        mount: MountSpec,
+    },
+    /// `withoutMount(path)`.
+    Unmount {
+        parent: Box<ContainerNode>,
+        path: String,
+        expand: bool,
+    },
+    /// `withSecretVariable(name, secret)`.
+    SecretEnv {
+        parent: Box<ContainerNode>,
+        name: String,
+        secret: SecretNode,
+    },
+    /// `withoutSecretVariable(name)`.
+    NoSecretEnv {
+        parent: Box<ContainerNode>,
+        name: String,
+    },
+    /// `withNewFile`, `withFile(s)`, `withDirectory`, `without*`, `withSymlink`: a change to
+    /// the rootfs; paths are relative to the workdir, `$VAR`s expanded when `expand`.
+    Fs {
+        parent: Box<ContainerNode>,
+        change: FsChange,
+        expand: bool,
+    },
+    /// `withRootfs(directory)`.
+    WithRootfs {
+        parent: Box<ContainerNode>,
+        directory: Box<DirectoryNode>,
+    },
+}
+
+/// A mount for execs: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MountSpec {
+    pub path: String,
+    pub expand: bool,
+    pub source: MountSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum MountSource {
+    Cache {
+        volume: CacheVolumeNode,
+        source: Option<Box<DirectoryNode>>,
+        sharing: Sharing,
+        owner: String,
+    },
+    Directory {
+        source: Box<DirectoryNode>,
+        read_only: bool,
+    },
+    File {
+        source: Box<FileNode>,
+    },
+    Temp {
+        size: Option<i64>,
+    },
+    Secret {
+        secret: SecretNode,
+        owner: String,
+        mode: i32,
+    },
+}
+
+/// A cache volume: persistent, shared storage identified by its key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheVolumeNode {
+    pub key: String,
+}
+
+/// How concurrent execs share a cache volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Sharing {
+    Shared,
+    Private,
+    Locked,
+}
+
+/// A secret. Its value is never part of the node (nodes are IDs, cache keys and logs):
+/// `setSecret` values are held in engine memory under a salted digest; `secret(uri)` values
+/// are read from the engine's environment or files when an exec needs them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "from", rename_all = "camelCase")]
+pub enum SecretNode {
+    Set { name: String, handle: String },
+    Uri { uri: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -111,6 +206,16 @@ pub enum DirectoryNode {
     },
     /// A tree computed outside the graph (`GitRef.tree`): its snapshot, whole.
     Snapshot { snapshot: String },
+    /// `Directory.with*`/`without*`: a filesystem change written into a new snapshot.
+    Changed {
+        parent: Box<DirectoryNode>,
+        change: FsChange,
+    },
+    /// `Directory.diff(other)`: what `upper` adds or changes relative to `lower`.
+    Diff {
+        lower: Box<DirectoryNode>,
+        upper: Box<DirectoryNode>,
+    },
 }
 
 /// A file.
@@ -126,5 +231,58 @@ pub enum FileNode {
     InDirectory {
         directory: Box<DirectoryNode>,
         path: String,
+    },
+    /// `Query.file(name, contents, permissions)`: a file on its own.
+    New {
+        name: String,
+        contents: String,
+        permissions: i32,
+    },
+    /// `File.withName(name)`.
+    Renamed { file: Box<FileNode>, name: String },
+}
+
+/// A filesystem change, as the API call gave it. Paths are resolved when it is evaluated
+/// (against the directory, or the container's workdir with `$VAR` expansion).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum FsChange {
+    NewFile {
+        path: String,
+        contents: String,
+        permissions: i32,
+        owner: String,
+    },
+    NewDirectory {
+        path: String,
+        permissions: i32,
+    },
+    File {
+        path: String,
+        source: Box<FileNode>,
+        permissions: Option<i32>,
+        owner: String,
+    },
+    Files {
+        path: String,
+        sources: Vec<FileNode>,
+        permissions: Option<i32>,
+        owner: String,
+    },
+    Directory {
+        path: String,
+        source: Box<DirectoryNode>,
+        include: Vec<String>,
+        exclude: Vec<String>,
+        owner: String,
+        permissions: Option<i32>,
+    },
+    /// `withoutFile(s)`, `withoutDirectory`: removal, whatever is there; `*` globs.
+    Remove {
+        paths: Vec<String>,
+    },
+    Symlink {
+        target: String,
+        link_name: String,
     },
 }

@@ -54,6 +54,8 @@ pub struct Meta {
     pub rdev_major: u32,
     pub rdev_minor: u32,
     pub size: u64,
+    /// Hard links to the inode (copies use it to keep hard links linked).
+    pub nlink: u64,
     pub atime: Time,
     pub mtime: Time,
 }
@@ -93,6 +95,7 @@ fn meta(st: &rfs::Stat) -> Meta {
         rdev_major: rfs::major(rdev as _),
         rdev_minor: rfs::minor(rdev as _),
         size: st.st_size.max(0) as u64,
+        nlink: st.st_nlink as u64,
         atime: Time {
             secs: st.st_atime as i64,
             nanos: st.st_atime_nsec as u32,

@@ -101,6 +101,15 @@ impl Root {
         std::io::Write::write_all(&mut file, bytes)
     }
 
+    /// The host path `path` resolves to inside the root (symlinks resolved in the root). Safe
+    /// to hand to a bind mount as long as nobody changes the tree meanwhile (snapshots are
+    /// immutable or private to the caller).
+    pub fn real_path(&self, path: &str) -> io::Result<std::path::PathBuf> {
+        let fd = self.resolve(path, OFlags::PATH)?;
+        let link = format!("/proc/self/fd/{}", rustix::fd::AsRawFd::as_raw_fd(&fd));
+        std::fs::read_link(link)
+    }
+
     /// `stat`, following a final symlink or not.
     pub fn stat(&self, path: &str, follow: bool) -> io::Result<Stat> {
         let mut flags = OFlags::PATH;

@@ -86,6 +86,22 @@ fn mount_overlay(
     Ok(())
 }
 
+/// Mounts a fresh tmpfs (memory only: for secrets that must never reach a disk) at `target`.
+pub fn mount_tmpfs(target: &Path, size_bytes: u64, mode: u32) -> io::Result<()> {
+    let data = std::ffi::CString::new(format!("size={size_bytes},mode={mode:o}"))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    rustix::mount::mount(
+        "tmpfs",
+        target,
+        "tmpfs",
+        rustix::mount::MountFlags::NOSUID
+            | rustix::mount::MountFlags::NODEV
+            | rustix::mount::MountFlags::NOEXEC,
+        Some(data.as_c_str()),
+    )?;
+    Ok(())
+}
+
 /// Unmounts `target`, lazily if it is busy, so cleanup never hangs on a stray reader.
 pub fn unmount_detach(target: &Path) -> io::Result<()> {
     match unmount(target, UnmountFlags::empty()) {

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Benchmarks container start latency: the release dagger-engine's withExec(["/bin/true", n])
+# through GraphQL vs raw `runc run` of a umoci bundle vs `podman run --rm` (--network=none and
+# the default CNI network), the same busybox image, in the same run. See bench/README.md.
+# Knobs (environment): BENCH_RUNS (30), BENCH_WARMUP (3), BENCH_DISK=tmpfs|loop (tmpfs),
+# BENCH_DISK_SIZE, BENCH_TOOLS (engine,runc,podman-none,podman).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [[ "$(id -u)" -ne 0 ]]; then
+    echo "bench/exec.sh must run as root: the engine, runc and podman create namespaces, cgroups and mounts. Try: sudo $0" >&2
+    exit 1
+fi
+
+# Bench-only packages (the test suite's live in scripts/install-deps.sh). containernetworking-
+# plugins and iptables give podman its default (CNI bridge) network.
+BENCH_PACKAGES=(podman umoci skopeo runc tini docker-registry busybox-static python3 nftables
+    containernetworking-plugins iptables e2fsprogs)
+missing=()
+for p in "${BENCH_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "bench/exec.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+cargo build --release -p dagger-engine -p dagger-integration-tests --bins
+
+# All state (engine root, runc bundle and --root, podman storage) on one fresh filesystem: a
+# tmpfs (default) or a journaled ext4 loop image. Short path: podman's runroot goes there too
+# and must stay under 50 characters.
+BENCH_DISK=${BENCH_DISK:-tmpfs}
+MNT=/var/tmp/dbx.$$
+DISK_IMG=/var/tmp/dbx.$$.ext4
+
+# podman's first run on its default network creates the bridge cni-podman0, iptables chains
+# (CNI-FORWARD, CNI-ADMIN) and CNI's state dir /var/lib/cni; remove them afterwards unless they
+# were already there.
+had_bridge=0
+ip link show cni-podman0 >/dev/null 2>&1 && had_bridge=1
+had_chains=0
+iptables -S CNI-FORWARD >/dev/null 2>&1 && had_chains=1
+had_cni_state=0
+[[ -e /var/lib/cni ]] && had_cni_state=1
+
+cleanup() {
+    case $BENCH_DISK in
+        loop) bash bench/scripts/state-disk.sh down "$MNT" "$DISK_IMG" || true ;;
+        tmpfs) umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true ;;
+    esac
+    rmdir "$MNT" 2>/dev/null || true
+    if ((!had_bridge)) && ip link show cni-podman0 >/dev/null 2>&1; then
+        ip link delete cni-podman0 || true
+    fi
+    if ((!had_chains)) && iptables -S CNI-FORWARD >/dev/null 2>&1; then
+        iptables -D FORWARD -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD 2>/dev/null || true
+        for chain in CNI-FORWARD CNI-ADMIN; do
+            iptables -F "$chain" 2>/dev/null || true
+            iptables -X "$chain" 2>/dev/null || true
+        done
+    fi
+    ((had_cni_state)) || rm -rf /var/lib/cni
+}
+trap cleanup EXIT
+case $BENCH_DISK in
+    loop) bash bench/scripts/state-disk.sh up "$MNT" "${BENCH_DISK_SIZE:-4G}" "$DISK_IMG" ;;
+    tmpfs)
+        mkdir -p "$MNT"
+        mount -t tmpfs -o "size=${BENCH_DISK_SIZE:-2G},mode=0755" tmpfs "$MNT"
+        echo "bench/exec.sh: $MNT on a fresh tmpfs (${BENCH_DISK_SIZE:-2G})"
+        ;;
+    *) echo "bench/exec.sh: BENCH_DISK must be tmpfs or loop, not '$BENCH_DISK'" >&2; exit 1 ;;
+esac
+
+BENCH_STATE_PARENT=$MNT BENCH_DISK=$BENCH_DISK target/release/bench-exec target/release/dagger-engine

@@ -1,0 +1,531 @@
+//! `dagger session`: the local HTTP endpoint the SDKs talk to.
+//!
+//! The SDKs start `dagger session`, read one JSON line `{"port": N, "session_token": "T"}` from
+//! its stdout and then send GraphQL to `http://127.0.0.1:N/query` with HTTP basic auth (user
+//! name = T). Each request is checked and streamed to the engine. The session ends, with exit
+//! status 0, when stdin reaches EOF (Python closes it) or on SIGTERM/SIGINT (TypeScript sends
+//! SIGTERM): any other status makes the SDKs fail after the user's pipeline has succeeded.
+//!
+//! `dagger run` uses the same proxy in-process ([`Session::start`]).
+
+use crate::client::{Client, Endpoint};
+use anyhow::Context as _;
+use base64::Engine as _;
+use http_body_util::{Either, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::io::{Read as _, Write as _};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
+
+/// The realm the real CLI announces in its 401 answers.
+const REALM: &str = r#"Basic realm="Access to the Dagger engine session""#;
+
+/// How long in-flight requests may still finish once the session is told to stop.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// How long the engine may take to answer the `{ version }` check before the handshake.
+const ENGINE_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+
+type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// `dagger session [anything...]`: the arguments are accepted and ignored (`--label`,
+/// `--workdir`, `--project`, `--load-workspace-modules`, and whatever later SDKs add).
+pub async fn command() -> anyhow::Result<ExitCode> {
+    // Watch stdin and signals before anything slow, so a parent that gives up early (closes
+    // stdin or sends SIGTERM while we connect) still gets a clean exit 0.
+    let stdin_eof = stdin_eof();
+    tokio::pin!(stdin_eof);
+    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+
+    let session = tokio::select! {
+        s = async {
+            let client = crate::connect::connect().await?;
+            Session::start(&client).await
+        } => s?,
+        _ = &mut stdin_eof => return Ok(ExitCode::SUCCESS),
+        _ = sigterm.recv() => return Ok(ExitCode::SUCCESS),
+        _ = sigint.recv() => return Ok(ExitCode::SUCCESS),
+    };
+
+    let line = format!(
+        r#"{{"port": {}, "session_token": {}}}"#,
+        session.port,
+        serde_json::Value::from(session.token.as_str())
+    );
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .context("writing the session handshake to stdout")?;
+    drop(stdout);
+
+    tokio::select! {
+        _ = &mut stdin_eof => {}
+        _ = sigterm.recv() => {}
+        _ = sigint.recv() => {}
+    }
+    session.stop(STOP_GRACE).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves when stdin reaches EOF (or cannot be read). A plain thread, not tokio's stdin: a
+/// blocking read cannot be cancelled, and tokio would wait for it at runtime shutdown, so a
+/// SIGTERM would hang until the parent closed stdin.
+async fn stdin_eof() {
+    let (tx, rx) = oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("stdin-watch".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = [0u8; 1024];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+            let _ = tx.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = rx.await;
+        }
+        Err(e) => {
+            // The session still stops on SIGTERM/SIGINT.
+            eprintln!("dagger session: cannot watch stdin ({e}); stop the session with SIGTERM");
+            std::future::pending::<()>().await
+        }
+    }
+}
+
+/// A running proxy on 127.0.0.1.
+pub struct Session {
+    pub port: u16,
+    pub token: String,
+    stop: watch::Sender<bool>,
+    /// Yields `None` once the accept loop and every connection task have ended: each holds a
+    /// clone of the matching sender.
+    finished: mpsc::Receiver<()>,
+}
+
+struct Shared {
+    endpoint: Endpoint,
+    token: String,
+}
+
+impl Session {
+    /// Checks that the engine answers, then listens on 127.0.0.1:0 with a fresh token.
+    pub async fn start(client: &Client) -> anyhow::Result<Session> {
+        // Fail before the handshake, so the SDK reports the engine problem from our stderr
+        // instead of a confusing error on its first query.
+        let answer = tokio::time::timeout(ENGINE_CHECK_TIMEOUT, client.query("{ version }"))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the engine at {} did not answer within {}s",
+                    client.endpoint,
+                    ENGINE_CHECK_TIMEOUT.as_secs()
+                )
+            })??;
+        if answer.body["data"]["version"].as_str().is_none() {
+            anyhow::bail!(
+                "the engine at {} did not report its version: {}",
+                client.endpoint,
+                answer.body
+            );
+        }
+        let token = new_token().context("generating the session token")?;
+        // IPv4 loopback only, like the real CLI: the SDKs connect to 127.0.0.1.
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .context("listening on 127.0.0.1")?;
+        let port = listener.local_addr()?.port();
+        let shared = Arc::new(Shared {
+            endpoint: client.endpoint.clone(),
+            token: token.clone(),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let (alive, finished) = mpsc::channel(1);
+        tokio::spawn(accept_loop(listener, shared, stop_rx, alive));
+        Ok(Session {
+            port,
+            token,
+            stop,
+            finished,
+        })
+    }
+
+    /// Stops accepting, closes idle connections and lets in-flight requests finish for up to
+    /// `grace`.
+    pub async fn stop(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(grace, self.finished.recv()).await;
+    }
+}
+
+/// Resolves once the session is told to stop (or the [`Session`] is dropped).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped(&mut stop) => return,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_connection(
+                    stream,
+                    shared.clone(),
+                    stop.clone(),
+                    alive.clone(),
+                ));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: say so, and do not spin.
+                eprintln!("dagger session: accepting a connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Serves one client connection. Requests on an HTTP/1.1 connection come one at a time, so
+/// each client connection gets one engine connection, opened on first use and kept alive
+/// with it: concurrency follows the SDK's own connection pool.
+async fn serve_connection(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
+) {
+    let upstream: Arc<Mutex<Option<SendRequest<Incoming>>>> = Arc::new(Mutex::new(None));
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        let upstream = upstream.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(req, &shared, &upstream).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        // No header-read timeout: hyper would also apply it to idle keep-alive connections
+        // and close the SDK's pooled connections under it; the listener is loopback only.
+        .header_read_timeout(None)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    shared: &Shared,
+    upstream: &Mutex<Option<SendRequest<Incoming>>>,
+) -> Response<ProxyBody> {
+    if !authorized(req.headers(), &shared.token) {
+        let mut resp = error_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized: this Dagger session needs HTTP basic auth with the session token as the user name",
+        );
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
+        return resp;
+    }
+    let req = match upstream_request(req, &shared.endpoint) {
+        Ok(r) => r,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, &format!("bad request: {e}")),
+    };
+    let mut slot = upstream.lock().await;
+    match forward(req, &shared.endpoint, &mut slot).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Either::Left(body))
+        }
+        Err(e) => {
+            eprintln!("dagger session: {e:#}");
+            error_response(StatusCode::BAD_GATEWAY, &format!("{e:#}"))
+        }
+    }
+}
+
+/// Sends `req` on the connection's engine connection, opening one when there is none or the
+/// old one was closed. A request the old connection never wrote out is retried once on a
+/// fresh one; one that may have reached the engine is not (a query can have side effects).
+async fn forward(
+    mut req: Request<Incoming>,
+    endpoint: &Endpoint,
+    slot: &mut Option<SendRequest<Incoming>>,
+) -> anyhow::Result<Response<Incoming>> {
+    let mut fresh_connection = false;
+    loop {
+        let reusable = match slot.take() {
+            Some(mut s) => s.ready().await.is_ok().then_some(s),
+            None => None,
+        };
+        let mut sender = match reusable {
+            Some(s) => s,
+            None => {
+                fresh_connection = true;
+                open_upstream(endpoint).await?
+            }
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => {
+                *slot = Some(sender);
+                return Ok(resp);
+            }
+            Err(mut e) => match e.take_message() {
+                Some(unsent) if !fresh_connection => req = unsent,
+                _ => {
+                    return Err(anyhow::Error::new(e.into_error())
+                        .context(format!("the engine at {endpoint} failed the request")))
+                }
+            },
+        }
+    }
+}
+
+async fn open_upstream(endpoint: &Endpoint) -> anyhow::Result<SendRequest<Incoming>> {
+    let cannot = || format!("cannot connect to the engine at {endpoint}");
+    match endpoint {
+        Endpoint::Unix(path) => handshake(UnixStream::connect(path).await.with_context(cannot)?)
+            .await
+            .with_context(cannot),
+        Endpoint::Tcp(hostport) => {
+            let stream = TcpStream::connect(hostport).await.with_context(cannot)?;
+            let _ = stream.set_nodelay(true);
+            handshake(stream).await.with_context(cannot)
+        }
+    }
+}
+
+async fn handshake<S>(stream: S) -> hyper::Result<SendRequest<Incoming>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    // Errors surface through the sender (the next request fails or `ready` reports closed).
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// The client's request, re-addressed to the engine: same method, path, headers and streamed
+/// body, minus hop-by-hop headers and the session credentials.
+fn upstream_request(
+    req: Request<Incoming>,
+    endpoint: &Endpoint,
+) -> anyhow::Result<Request<Incoming>> {
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    parts.uri = path.parse().context("invalid request path")?;
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::AUTHORIZATION);
+    let host = match endpoint {
+        Endpoint::Unix(_) => "localhost",
+        Endpoint::Tcp(hostport) => hostport.as_str(),
+    };
+    parts.headers.insert(
+        header::HOST,
+        HeaderValue::from_str(host).context("invalid engine host")?,
+    );
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Headers that describe one HTTP hop; hyper sets its own for each side.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named by `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// Basic auth with the session token as the user name; the password is ignored, as in the
+/// real CLI (Go's `Request.BasicAuth`).
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some((scheme, encoded)) = value.trim().split_once(' ') else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return false;
+    }
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    let Some(colon) = decoded.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    constant_time_eq(&decoded[..colon], token.as_bytes())
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A JSON GraphQL-style error: the TypeScript SDK only parses `application/json` bodies.
+fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "errors": [{ "message": message }] }).to_string();
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A random version-4 UUID, as the real CLI uses, from the kernel's CSPRNG.
+fn new_token() -> std::io::Result<String> {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_text(resp: Response<ProxyBody>) -> String {
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
+    }
+
+    fn auth(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    fn basic(userpass: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(userpass)
+        )
+    }
+
+    #[test]
+    fn basic_auth_checks_the_user_name_only() {
+        let t = "0b6c1f9e-2c1d-4a7b-9f3e-5d6c7b8a9f00";
+        assert!(authorized(&auth(&basic(&format!("{t}:"))), t));
+        assert!(authorized(&auth(&basic(&format!("{t}:anything"))), t));
+        assert!(authorized(
+            &auth(&format!("basic  {}", &basic(&format!("{t}:"))[6..])),
+            t
+        ));
+        assert!(!authorized(&HeaderMap::new(), t));
+        assert!(!authorized(&auth(&basic(t)), t), "no colon: not basic auth");
+        assert!(!authorized(&auth(&basic(&format!(":{t}"))), t));
+        assert!(!authorized(&auth(&basic("wrong:")), t));
+        assert!(!authorized(&auth(&format!("Bearer {t}")), t));
+        assert!(!authorized(&auth("Basic !!!not-base64"), t));
+    }
+
+    #[test]
+    fn tokens_are_random_v4_uuids() {
+        let a = new_token().unwrap();
+        let b = new_token().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
+        assert!(a
+            .chars()
+            .all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-hop"),
+        );
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert("traceparent", HeaderValue::from_static("00-1-2-01"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type", "traceparent"]);
+    }
+
+    #[tokio::test]
+    async fn errors_are_json() {
+        let r = error_response(StatusCode::UNAUTHORIZED, "no");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        let v: serde_json::Value = serde_json::from_str(&body_text(r).await).unwrap();
+        assert_eq!(v, serde_json::json!({"errors": [{"message": "no"}]}));
+    }
+}

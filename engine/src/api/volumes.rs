@@ -1,0 +1,62 @@
+//! `CacheVolume` and `Secret`: what execs mount and read, by ID.
+
+use super::{gql_error, ApiState};
+use crate::solver::id;
+use crate::solver::node::{CacheVolumeNode, SecretNode};
+use async_graphql::{Context, Object, Result, ID};
+use std::sync::Arc;
+
+/// A directory whose contents persist across runs.
+#[derive(Clone)]
+pub struct CacheVolume(pub(crate) CacheVolumeNode);
+
+#[Object]
+impl CacheVolume {
+    /// A unique identifier for this CacheVolume.
+    pub async fn id(&self) -> ID {
+        ID(id::encode("CacheVolume", &self.0))
+    }
+}
+
+/// A reference to a secret value, which can be handled more safely than the value itself.
+#[derive(Clone)]
+pub struct Secret(pub(crate) SecretNode);
+
+#[Object]
+impl Secret {
+    /// A unique identifier for this Secret.
+    pub async fn id(&self) -> ID {
+        ID(id::encode("Secret", &self.0))
+    }
+
+    /// The name of this secret.
+    async fn name(&self) -> String {
+        match &self.0 {
+            SecretNode::Set { name, .. } => name.clone(),
+            SecretNode::Uri { uri } => uri.clone(),
+        }
+    }
+
+    /// The value of this secret.
+    async fn plaintext(&self, ctx: &Context<'_>) -> Result<String> {
+        let state = ctx.data_unchecked::<Arc<ApiState>>();
+        let value = state
+            .solver
+            .secret_plaintext(&self.0)
+            .map_err(|e| super::solve_error(&e))?;
+        String::from_utf8(value).map_err(|_| {
+            gql_error(
+                crate::ErrorKind::InvalidArgument,
+                "the secret is not valid UTF-8".into(),
+            )
+        })
+    }
+
+    /// The URI of this secret.
+    async fn uri(&self) -> String {
+        match &self.0 {
+            SecretNode::Set { name, .. } => format!("name://{name}"),
+            SecretNode::Uri { uri } => uri.clone(),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Cache volumes: directories under `<state>/cachemounts` that persist across execs, queries
+//! and restarts, shared between concurrent execs according to their sharing mode.
+//!
+//! * SHARED: every exec mounts the same directory at the same time.
+//! * PRIVATE: an exec gets an instance nobody else is using (creating one if needed).
+//! * LOCKED: execs take turns on the same directory.
+
+use super::node::Sharing;
+use super::{Result, SolveError};
+use crate::oci::Digest;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+#[derive(Default)]
+struct Volume {
+    /// Instance directories and how many execs use each (index 0 is the main one).
+    in_use: Vec<usize>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+pub struct CacheVolumes {
+    dir: PathBuf,
+    volumes: Arc<Mutex<HashMap<String, Volume>>>,
+}
+
+/// A mounted cache volume instance; released when dropped.
+pub struct CacheLease {
+    pub path: PathBuf,
+    key: String,
+    instance: usize,
+    volumes: Arc<Mutex<HashMap<String, Volume>>>,
+    _locked: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for CacheLease {
+    fn drop(&mut self) {
+        let mut v = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(vol) = v.get_mut(&self.key) {
+            if let Some(n) = vol.in_use.get_mut(self.instance) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
+
+impl CacheVolumes {
+    pub fn new(dir: PathBuf) -> Self {
+        CacheVolumes {
+            dir,
+            volumes: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn instance_path(&self, key: &str, instance: usize) -> PathBuf {
+        // Keys are user text: the directory name is their digest.
+        let name = Digest::of(key.as_bytes()).hex().to_string();
+        if instance == 0 {
+            self.dir.join(name)
+        } else {
+            self.dir.join(format!("{name}-private-{instance}"))
+        }
+    }
+
+    /// Mounts the volume `key` for one exec. `init` fills a directory the first time it is
+    /// created (from the volume's `source`, and with its `owner`).
+    pub async fn acquire(
+        &self,
+        key: &str,
+        sharing: Sharing,
+        init: impl Fn(&Path) -> Result<()>,
+    ) -> Result<CacheLease> {
+        let lock = {
+            let mut v = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
+            v.entry(key.to_string()).or_default().lock.clone()
+        };
+        let locked = match sharing {
+            Sharing::Locked => Some(lock.lock_owned().await),
+            _ => None,
+        };
+        let instance = {
+            let mut v = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
+            let vol = v.entry(key.to_string()).or_default();
+            if vol.in_use.is_empty() {
+                vol.in_use.push(0);
+            }
+            let i = match sharing {
+                Sharing::Shared | Sharing::Locked => 0,
+                Sharing::Private => match vol.in_use.iter().position(|n| *n == 0) {
+                    Some(free) => free,
+                    None => {
+                        vol.in_use.push(0);
+                        vol.in_use.len() - 1
+                    }
+                },
+            };
+            vol.in_use[i] += 1;
+            i
+        };
+        let lease = CacheLease {
+            path: self.instance_path(key, instance),
+            key: key.to_string(),
+            instance,
+            volumes: self.volumes.clone(),
+            _locked: locked,
+        };
+        if !lease.path.exists() {
+            // Built beside and renamed, so a crash never leaves a half-initialised volume.
+            let tmp = self.dir.join(format!(
+                ".init-{}-{}",
+                lease
+                    .path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("v"),
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp)
+                .map_err(|e| SolveError::Internal(format!("creating cache volume: {e}")))?;
+            init(&tmp)?;
+            if let Err(e) = std::fs::rename(&tmp, &lease.path) {
+                let _ = std::fs::remove_dir_all(&tmp);
+                if !lease.path.exists() {
+                    return Err(SolveError::Internal(format!("creating cache volume: {e}")));
+                }
+            }
+        }
+        Ok(lease)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sharing_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let vols = CacheVolumes::new(dir.path().to_path_buf());
+        let ok = |_: &Path| Ok(());
+        let a = vols.acquire("k", Sharing::Shared, ok).await.unwrap();
+        let b = vols.acquire("k", Sharing::Shared, ok).await.unwrap();
+        assert_eq!(a.path, b.path);
+        let p1 = vols.acquire("p", Sharing::Private, ok).await.unwrap();
+        let p2 = vols.acquire("p", Sharing::Private, ok).await.unwrap();
+        assert_ne!(p1.path, p2.path);
+        let first = p1.path.clone();
+        drop(p1);
+        let p3 = vols.acquire("p", Sharing::Private, ok).await.unwrap();
+        assert_eq!(p3.path, first, "a free instance is reused");
+        let l1 = vols.acquire("l", Sharing::Locked, ok).await.unwrap();
+        let waiting = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            vols.acquire("l", Sharing::Locked, ok),
+        )
+        .await;
+        assert!(waiting.is_err(), "a second LOCKED user waits");
+        drop(l1);
+        vols.acquire("l", Sharing::Locked, ok).await.unwrap();
+    }
+}

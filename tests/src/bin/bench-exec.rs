@@ -1,0 +1,1191 @@
+//! `bench-exec`: container start latency, side by side in one process run: the release
+//! `dagger-engine` running `withExec(["/bin/true", "<n>"])` on an already pulled busybox image
+//! (end to end through GraphQL over its unix socket; distinct args every run, so nothing is
+//! cached), raw `runc run` of an equivalent bundle (umoci unpack of the same image), and
+//! `podman run --rm` of the same image with `--network=none` and with its default (CNI bridge)
+//! network. Prints every run, the medians and p90s, the ratios ours/runc and ours/podman against
+//! the goal (ours <= 1.2 x runc), and where the engine's time went, phase by phase, from its own
+//! debug log lines. A benchmark, not a test: it fails only when a tool fails or the engine
+//! answers wrongly.
+//!
+//! Usage: `bench-exec [PATH/TO/dagger-engine]` (or `DAGGER_ENGINE_BIN`; default: the
+//! `dagger-engine` next to this executable). Must run as root. `bench/exec.sh` installs the
+//! packages, builds, mounts the disk and then runs this; see bench/README.md.
+//!
+//! Environment:
+//! - `BENCH_STATE_PARENT` (required): the directory all state goes under (the engine's root,
+//!   the runc bundle and runc's `--root`, podman's storage), on the filesystem being measured
+//!   (bench/exec.sh mounts a fresh tmpfs or journaled loop ext4 there).
+//! - `BENCH_DISK` (`tmpfs`): what `BENCH_STATE_PARENT` is, for the report.
+//! - `BENCH_RUNS` (30): timed runs per tool.
+//! - `BENCH_WARMUP` (3): untimed rounds first.
+//! - `BENCH_TOOLS` (`engine,runc,podman-none,podman`): which tools to run.
+
+use anyhow::{bail, ensure, Context as _, Result};
+use dagger_integration_tests::images::{self, Format};
+use dagger_integration_tests::registry::{Mode, TestRegistry};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Seek, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one run of any tool (or the engine's pull) may take.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// ours / raw runc.
+const GOAL_RATIO: f64 = 1.2;
+const REPO: &str = "bench/busybox:1";
+/// The engine's default (info) logging, plus the per-exec timing lines of the solver, the
+/// executor and the HTTP server (`query elapsed_us=...`).
+const ENGINE_LOG_FILTER: &str =
+    "info,dagger_engine::solver=debug,dagger_engine::exec=debug,dagger_engine::server=debug";
+/// podman refuses a runroot longer than this.
+const PODMAN_RUNROOT_MAX: usize = 50;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("bench-exec: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Tool {
+    Engine,
+    Runc,
+    PodmanNone,
+    Podman,
+}
+
+impl Tool {
+    fn name(self) -> &'static str {
+        match self {
+            Tool::Engine => "engine",
+            Tool::Runc => "runc",
+            Tool::PodmanNone => "podman-none",
+            Tool::Podman => "podman",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Tool::Engine => {
+                "dagger-engine withExec([\"/bin/true\", n]) { exitCode }: POST sent -> answer read"
+            }
+            Tool::Runc => "runc run of a umoci-unpacked bundle (/bin/true): spawn -> exit",
+            Tool::PodmanNone => "podman run --rm --network=none --runtime runc: spawn -> exit",
+            Tool::Podman => {
+                "podman run --rm --runtime runc (default CNI bridge network): spawn -> exit"
+            }
+        }
+    }
+}
+
+struct Settings {
+    engine_bin: PathBuf,
+    parent: PathBuf,
+    disk: String,
+    runs: usize,
+    warmup: usize,
+    tools: Vec<Tool>,
+    runc: PathBuf,
+    umoci: PathBuf,
+    podman: PathBuf,
+}
+
+fn settings() -> Result<Settings> {
+    let engine_bin = match std::env::args_os().nth(1) {
+        Some(p) => PathBuf::from(p),
+        None => match std::env::var_os("DAGGER_ENGINE_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => std::env::current_exe()
+                .context("cannot find this executable's path")?
+                .with_file_name("dagger-engine"),
+        },
+    };
+    ensure!(
+        engine_bin.is_file(),
+        "engine binary {} not found; build it with `cargo build --release -p dagger-engine`",
+        engine_bin.display()
+    );
+    let parent = PathBuf::from(std::env::var_os("BENCH_STATE_PARENT").context(
+        "set BENCH_STATE_PARENT to a directory on the filesystem to measure (bench/exec.sh does)",
+    )?);
+    ensure!(
+        parent.is_dir(),
+        "BENCH_STATE_PARENT {} is not a directory",
+        parent.display()
+    );
+    let runs: usize = env_or("BENCH_RUNS", 30)?;
+    ensure!(runs >= 1, "BENCH_RUNS must be at least 1");
+    let tools = env_or("BENCH_TOOLS", "engine,runc,podman-none,podman".to_string())?
+        .split(',')
+        .map(|t| match t.trim() {
+            "engine" => Ok(Tool::Engine),
+            "runc" => Ok(Tool::Runc),
+            "podman-none" => Ok(Tool::PodmanNone),
+            "podman" => Ok(Tool::Podman),
+            other => {
+                bail!("BENCH_TOOLS: unknown tool {other:?} (engine, runc, podman-none, podman)")
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    ensure!(!tools.is_empty(), "BENCH_TOOLS is empty");
+    Ok(Settings {
+        engine_bin,
+        parent,
+        disk: env_or("BENCH_DISK", "tmpfs".to_string())?,
+        runs,
+        warmup: env_or("BENCH_WARMUP", 3)?,
+        tools,
+        runc: which("runc", "runc")?,
+        umoci: which("umoci", "umoci")?,
+        podman: which("podman", "podman")?,
+    })
+}
+
+fn env_or<T>(name: &str, default: T) -> Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}")),
+        Err(std::env::VarError::NotPresent) => Ok(default),
+        Err(e) => bail!("{name}: {e}"),
+    }
+}
+
+fn which(name: &str, package: &str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "{name} is not on PATH: install the Debian package {package} (bench/exec.sh does)"
+            )
+        })
+}
+
+fn run() -> Result<()> {
+    ensure!(
+        nix::unistd::geteuid().is_root(),
+        "must run as root: the engine refuses to start otherwise, and runc and podman need it"
+    );
+    let s = settings()?;
+    let fs = describe_fs(&s.parent);
+    println!("engine:  {}", s.engine_bin.display());
+    println!(
+        "state:   BENCH_DISK={} - engine root, runc bundle + --root and podman storage under {} ({fs})",
+        s.disk,
+        s.parent.display()
+    );
+    let scratch = tempfile::Builder::new()
+        .prefix("bx-")
+        .tempdir_in(&s.parent)
+        .context("cannot create the scratch dir")?;
+    let scratch = scratch.path().to_path_buf();
+    let result = bench(&s, &scratch, &fs);
+    remove_tree(&scratch).ok();
+    result
+}
+
+fn bench(s: &Settings, scratch: &Path, fs: &str) -> Result<()> {
+    // The image: the test suite's offline busybox, pushed to a loopback registry.
+    let registry = TestRegistry::start(Mode::Plain);
+    let layout = images::layout();
+    let digest = images::push(images::BUSYBOX, &registry, REPO, Format::Oci, None);
+    let reference = format!("{}/{REPO}", registry.addr);
+    println!(
+        "image:   {reference} ({digest}), the test suite's busybox (1 layer), pushed with skopeo to docker-registry on {}",
+        registry.addr
+    );
+
+    // Set-up, untimed: the engine started and the image pulled once; the runc bundle unpacked
+    // once; the image loaded into podman once.
+    let mut engine = None;
+    let mut bundle = None;
+    let mut podman = None;
+    for tool in &s.tools {
+        match tool {
+            Tool::Engine if engine.is_none() => {
+                let started = Instant::now();
+                let e = EngineProc::start(s, &scratch.join("engine"))?;
+                let ready = started.elapsed();
+                let pulled = Instant::now();
+                e.pull(&reference)?;
+                println!(
+                    "engine:  ready in {:.0} ms; pulled the image in {:.0} ms; log {}",
+                    ms(ready),
+                    ms(pulled.elapsed()),
+                    e.log_path.display()
+                );
+                if let Some(line) = e.log().lines().find(|l| l.contains("snapshotter:")) {
+                    println!("         {}", line.trim());
+                }
+                engine = Some(e);
+            }
+            Tool::Runc if bundle.is_none() => {
+                let started = Instant::now();
+                let b = RuncBundle::unpack(s, &scratch.join("runc"), layout)?;
+                println!(
+                    "runc:    {} ({}); bundle {} unpacked with umoci in {:.0} ms",
+                    s.runc.display(),
+                    first_line(&run_checked(
+                        Command::new(&s.runc).arg("--version"),
+                        "runc"
+                    )?),
+                    b.bundle.display(),
+                    ms(started.elapsed())
+                );
+                bundle = Some(b);
+            }
+            Tool::PodmanNone | Tool::Podman if podman.is_none() => {
+                let started = Instant::now();
+                let p = PodmanStore::new(s, &scratch.join("podman"), &reference)?;
+                println!(
+                    "podman:  {} ({}); pulled the image in {:.0} ms; graphroot {}, runroot {}",
+                    s.podman.display(),
+                    first_line(&run_checked(
+                        Command::new(&s.podman).arg("--version"),
+                        "podman"
+                    )?),
+                    ms(started.elapsed()),
+                    p.root.display(),
+                    p.runroot.display()
+                );
+                podman = Some(p);
+            }
+            _ => {}
+        }
+    }
+    println!();
+    for t in &s.tools {
+        println!("  {:<11} {}", t.name(), t.describe());
+    }
+    println!(
+        "{} warm-up round(s), then {} timed rounds; every round runs each tool once, the order rotating",
+        s.warmup, s.runs
+    );
+    println!();
+
+    let mut times: BTreeMap<Tool, Vec<f64>> = BTreeMap::new();
+    let mut cpu: BTreeMap<Tool, Vec<f64>> = BTreeMap::new();
+    let mut profiles: Vec<ExecProfile> = Vec::new();
+    let nonce = std::process::id();
+    for round in 0..s.warmup + s.runs {
+        let timed = round >= s.warmup;
+        let label = if timed {
+            format!("run {:>3}", round - s.warmup + 1)
+        } else {
+            format!("warm-up {}", round + 1)
+        };
+        let mut order = s.tools.clone();
+        let shift = round % order.len();
+        order.rotate_left(shift);
+        let mut line = Vec::new();
+        for tool in order {
+            let took = match tool {
+                Tool::Engine => {
+                    let e = engine.as_mut().expect("set up");
+                    let (took, profile) = e.exec(&reference, &format!("{nonce}-{round}"))?;
+                    if timed {
+                        profiles.push(profile);
+                    }
+                    took
+                }
+                Tool::Runc => bundle
+                    .as_ref()
+                    .expect("set up")
+                    .run(s, &format!("bx-{nonce}-{round}"))?,
+                Tool::PodmanNone => podman.as_ref().expect("set up").run(s, &reference, true)?,
+                Tool::Podman => podman.as_ref().expect("set up").run(s, &reference, false)?,
+            };
+            line.push(format!("{} {:>5.1}", tool.name(), ms(took.wall)));
+            if timed {
+                times.entry(tool).or_default().push(ms(took.wall));
+                cpu.entry(tool).or_default().push(ms(took.cpu));
+            }
+        }
+        println!("  {label}: {} ms", line.join(", "));
+    }
+    println!();
+
+    if let Some(e) = engine.as_mut() {
+        e.stop()?;
+    }
+    if !profiles.is_empty() {
+        print_profile(&profiles, times.get(&Tool::Runc));
+    }
+
+    // Summary.
+    let stats: BTreeMap<Tool, Stats> = times.iter().map(|(t, v)| (*t, Stats::of(v))).collect();
+    println!(
+        "summary (/bin/true in busybox, {} timed runs per tool, interleaved; state on {} = {fs}):",
+        s.runs, s.disk
+    );
+    for (t, st) in &stats {
+        let c = cpu.get(t).map_or(0.0, |v| Stats::of(v).median);
+        println!(
+            "  {:<11} median {:>6.1} ms  p90 {:>6.1}  min {:>6.1}  max {:>6.1}  (CPU user+sys median {c:.0} ms)",
+            t.name(),
+            st.median,
+            st.p90,
+            st.min,
+            st.max,
+        );
+    }
+    if let Some(ours) = stats.get(&Tool::Engine) {
+        if let Some(runc) = stats.get(&Tool::Runc) {
+            let r = ours.median / runc.median;
+            println!(
+                "  ours/runc        = {:.1}/{:.1} = {r:.2} (p90 {:.2}; goal <= {GOAL_RATIO}: {})",
+                ours.median,
+                runc.median,
+                ours.p90 / runc.p90,
+                if r <= GOAL_RATIO {
+                    "met".to_string()
+                } else {
+                    format!(
+                        "missed by {:.1} ms; {:.1} ms would meet it",
+                        ours.median - GOAL_RATIO * runc.median,
+                        GOAL_RATIO * runc.median
+                    )
+                }
+            );
+        }
+        for (tool, label) in [
+            (Tool::PodmanNone, "ours/podman-none"),
+            (Tool::Podman, "ours/podman     "),
+        ] {
+            if let Some(p) = stats.get(&tool) {
+                println!(
+                    "  {label} = {:.1}/{:.1} = {:.2} (p90 {:.2})",
+                    ours.median,
+                    p.median,
+                    ours.median / p.median,
+                    ours.p90 / p.p90
+                );
+            }
+        }
+    }
+    drop(podman);
+    drop(registry);
+    Ok(())
+}
+
+/// One run: wall time, and the CPU time (user + system) spent meanwhile by the process doing
+/// the work and the children it waited for.
+#[derive(Clone, Copy)]
+struct Measured {
+    wall: Duration,
+    cpu: Duration,
+}
+
+struct Stats {
+    min: f64,
+    median: f64,
+    p90: f64,
+    max: f64,
+}
+
+impl Stats {
+    fn of(v: &[f64]) -> Stats {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        // Nearest rank.
+        let p90 = v[((n as f64 * 0.9).ceil() as usize).clamp(1, n) - 1];
+        Stats {
+            min: v[0],
+            median,
+            p90,
+            max: v[n - 1],
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn first_line(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// /proc times are in USER_HZ, which is 100 on Linux.
+fn ticks(t: u64) -> Duration {
+    Duration::from_millis(t * 10)
+}
+
+/// Fields of /proc/<pid>/stat after the command name (the first is field 3, the state).
+fn stat_fields(path: &str) -> Result<Vec<u64>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    let rest = text
+        .rsplit_once(')')
+        .with_context(|| format!("bad {path}"))?
+        .1;
+    Ok(rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect())
+}
+
+/// CPU time of a running process and of the children it waited for (utime + stime + cutime +
+/// cstime): for the engine, that includes the runc processes of its execs.
+fn process_cpu(pid: u32) -> Result<Duration> {
+    let f = stat_fields(&format!("/proc/{pid}/stat"))?;
+    // utime, stime, cutime, cstime are fields 14-17: indexes 11-14 from field 3.
+    Ok(ticks(f[11] + f[12] + f[13] + f[14]))
+}
+
+/// CPU time of this process's waited-for children (cutime + cstime), so far.
+fn children_cpu() -> Duration {
+    stat_fields("/proc/self/stat")
+        .map(|f| ticks(f[13] + f[14]))
+        .unwrap_or_default()
+}
+
+/// Runs `cmd` with stdin from /dev/null and both outputs captured, and times it.
+fn timed(cmd: &mut Command, what: &str) -> Result<Measured> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let cpu = children_cpu();
+    let started = Instant::now();
+    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
+    let took = Measured {
+        wall: started.elapsed(),
+        cpu: children_cpu().saturating_sub(cpu),
+    };
+    ensure!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(took)
+}
+
+fn run_checked(cmd: &mut Command, what: &str) -> Result<std::process::Output> {
+    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
+    ensure!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
+/// Unmounts whatever is still mounted under `dir`, then deletes it.
+fn remove_tree(dir: &Path) -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut under: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(unescape_mount)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    // Deepest first.
+    under.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    for m in under {
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+    }
+    std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))
+}
+
+// ---- raw runc ----------------------------------------------------------------------------------
+
+struct RuncBundle {
+    bundle: PathBuf,
+    /// runc's `--root` (container state), next to the bundle.
+    state: PathBuf,
+}
+
+impl RuncBundle {
+    /// `umoci unpack` of the layout's busybox tag, then process.terminal=false and
+    /// args=["/bin/true"] (as shared/reference/scripts/runc-bundle.sh does). umoci's default
+    /// config: the small default capability set, new pid/net/ipc/uts/mount namespaces, no
+    /// `cgroupsPath` (runc then uses `/<id>` below its own cgroup).
+    fn unpack(s: &Settings, dir: &Path, layout: &Path) -> Result<RuncBundle> {
+        std::fs::create_dir_all(dir)?;
+        let bundle = dir.join("bundle");
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state)?;
+        run_checked(
+            Command::new(&s.umoci)
+                .arg("unpack")
+                .arg("--image")
+                .arg(format!("{}:{}", layout.display(), images::BUSYBOX))
+                .arg(&bundle),
+            "umoci unpack",
+        )?;
+        let config = bundle.join("config.json");
+        let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config)?)
+            .context("umoci wrote an unreadable config.json")?;
+        spec["process"]["terminal"] = false.into();
+        spec["process"]["args"] = serde_json::json!(["/bin/true"]);
+        std::fs::write(&config, serde_json::to_vec_pretty(&spec)?)?;
+        Ok(RuncBundle { bundle, state })
+    }
+
+    /// `runc run` with a fresh container id; runc deletes the container when it exits.
+    fn run(&self, s: &Settings, id: &str) -> Result<Measured> {
+        timed(
+            Command::new(&s.runc)
+                .arg("--root")
+                .arg(&self.state)
+                .arg("run")
+                .arg("--bundle")
+                .arg(&self.bundle)
+                .arg(id),
+            "runc run",
+        )
+    }
+}
+
+// ---- podman ------------------------------------------------------------------------------------
+
+/// A private podman store (graphroot and configuration on the measured disk) holding the image.
+struct PodmanStore {
+    dir: PathBuf,
+    root: PathBuf,
+    runroot: PathBuf,
+    conf: PathBuf,
+    storage_conf: PathBuf,
+    _runroot_tmp: Option<tempfile::TempDir>,
+}
+
+impl PodmanStore {
+    fn new(s: &Settings, dir: &Path, reference: &str) -> Result<PodmanStore> {
+        let root = dir.join("root");
+        let tmp = dir.join("tmp");
+        let cni = dir.join("cni");
+        for d in [&root, &tmp, &cni] {
+            std::fs::create_dir_all(d)?;
+        }
+        // podman refuses a long runroot; it holds locks and container state. Next to the
+        // graphroot when the path is short enough, else a temporary dir on the root fs.
+        let near = dir.join("run");
+        let (runroot, runroot_tmp) = if near.as_os_str().len() <= PODMAN_RUNROOT_MAX {
+            std::fs::create_dir_all(&near)?;
+            (near, None)
+        } else {
+            let t = tempfile::Builder::new()
+                .prefix("bx-podman-")
+                .tempdir()
+                .context("cannot create podman's runroot")?;
+            (t.path().to_path_buf(), Some(t))
+        };
+        // The ulimits this machine needs (shared/reference/test-environment.md §4: podman's
+        // default nofile=1048576 is above the hard limit); events to a file on the measured disk;
+        // CNI configuration in a private dir, so the machine's networks stay untouched (the
+        // default network is built in memory: bridge cni-podman0, 10.88.0.0/16).
+        let conf = dir.join("containers.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=4096:4096\"]\n\
+                 [engine]\nimage_copy_tmp_dir = \"{tmp}\"\nevents_logger = \"file\"\nevents_logfile_path = \"{events}\"\n\
+                 [network]\nnetwork_backend = \"cni\"\nnetwork_config_dir = \"{cni}\"\n",
+                tmp = tmp.display(),
+                events = dir.join("events.log").display(),
+                cni = cni.display(),
+            ),
+        )?;
+        let storage_conf = dir.join("storage.conf");
+        std::fs::write(
+            &storage_conf,
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                root.display(),
+                runroot.display()
+            ),
+        )?;
+        std::fs::write(dir.join("registries.conf"), "")?;
+        std::fs::write(dir.join("auth.json"), "{}")?;
+        let store = PodmanStore {
+            dir: dir.to_path_buf(),
+            root,
+            runroot,
+            conf,
+            storage_conf,
+            _runroot_tmp: runroot_tmp,
+        };
+        run_checked(
+            &mut store.command(s, &["pull", "--quiet", "--tls-verify=false", reference]),
+            "podman pull",
+        )?;
+        Ok(store)
+    }
+
+    fn command(&self, s: &Settings, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&s.podman);
+        cmd.env("CONTAINERS_CONF", &self.conf)
+            .env("CONTAINERS_STORAGE_CONF", &self.storage_conf)
+            .env(
+                "CONTAINERS_REGISTRIES_CONF",
+                self.dir.join("registries.conf"),
+            )
+            .env("REGISTRY_AUTH_FILE", self.dir.join("auth.json"))
+            .env("TMPDIR", self.dir.join("tmp"))
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--runroot")
+            .arg(&self.runroot)
+            .args([
+                "--storage-driver",
+                "overlay",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--runtime",
+                "runc",
+            ])
+            .args(args);
+        cmd
+    }
+
+    fn run(&self, s: &Settings, reference: &str, no_network: bool) -> Result<Measured> {
+        let mut args = vec!["run", "--rm", "--pull=never"];
+        if no_network {
+            args.push("--network=none");
+        }
+        args.extend([reference, "/bin/true"]);
+        timed(
+            &mut self.command(s, &args),
+            &format!("podman {}", args.join(" ")),
+        )
+    }
+}
+
+impl Drop for PodmanStore {
+    /// Removes containers a failed run may have left (and with them their overlay mounts).
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .env("CONTAINERS_CONF", &self.conf)
+            .env("CONTAINERS_STORAGE_CONF", &self.storage_conf)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--runroot")
+            .arg(&self.runroot)
+            .args(["--storage-driver", "overlay", "rm", "--all", "--force"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("podman")
+            .env("CONTAINERS_CONF", &self.conf)
+            .env("CONTAINERS_STORAGE_CONF", &self.storage_conf)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--runroot")
+            .arg(&self.runroot)
+            .args(["--storage-driver", "overlay", "system", "reset", "--force"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+// ---- the engine --------------------------------------------------------------------------------
+
+struct EngineProc {
+    child: Option<Child>,
+    socket: PathBuf,
+    log_path: PathBuf,
+    /// How much of the log earlier runs have read.
+    log_offset: u64,
+}
+
+impl EngineProc {
+    /// Starts the engine on a fresh state dir under `dir`, with a private config, socket and
+    /// exec network (bridge `bx<hex>0`, a /24 of 10.248.0.0/16), and waits until it answers.
+    fn start(s: &Settings, dir: &Path) -> Result<EngineProc> {
+        std::fs::create_dir_all(dir)?;
+        let socket = dir.join("engine.sock");
+        let config = dir.join("empty.toml");
+        std::fs::write(&config, "")?;
+        let docker_config = dir.join("docker-config");
+        std::fs::create_dir_all(&docker_config)?;
+        let log_path = dir.join("engine.log");
+        let log = std::fs::File::create(&log_path)?;
+        let pid = std::process::id();
+        let child = Command::new(&s.engine_bin)
+            .arg("--root")
+            .arg(dir.join("state"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--addr")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--network-name")
+            .arg(format!("bx{:x}", pid & 0xffff))
+            .arg("--network-cidr")
+            .arg(format!("10.248.{}.0/24", pid % 256))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env("DAGGER_ENGINE_LOG", ENGINE_LOG_FILTER)
+            .env("DOCKER_CONFIG", &docker_config)
+            .spawn()
+            .with_context(|| format!("cannot start {}", s.engine_bin.display()))?;
+        let mut engine = EngineProc {
+            child: Some(child),
+            socket,
+            log_path,
+            log_offset: 0,
+        };
+        engine.wait_ready()?;
+        Ok(engine)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The log written since the last call.
+    fn new_log(&mut self) -> Result<String> {
+        let mut f = std::fs::File::open(&self.log_path)?;
+        f.seek(std::io::SeekFrom::Start(self.log_offset))?;
+        let mut text = String::new();
+        f.read_to_string(&mut text)?;
+        self.log_offset += text.len() as u64;
+        Ok(text)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn query(&self, query: &str) -> Result<serde_json::Value> {
+        let body = serde_json::json!({ "query": query }).to_string();
+        let (status, answer) = post(&self.socket, &body, RUN_TIMEOUT)
+            .with_context(|| format!("query failed; engine log:\n{}", self.log()))?;
+        ensure!(
+            status == 200,
+            "HTTP {status}: {answer}\nengine log:\n{}",
+            self.log()
+        );
+        let v: serde_json::Value = serde_json::from_str(&answer).context("answer is not JSON")?;
+        ensure!(
+            v.get("errors").is_none(),
+            "query {query} failed: {v}\nengine log:\n{}",
+            self.log()
+        );
+        Ok(v)
+    }
+
+    fn pull(&self, reference: &str) -> Result<()> {
+        let v = self.query(&format!(
+            r#"{{ container {{ from(address: "{reference}") {{ rootfs {{ entries }} }} }} }}"#
+        ))?;
+        let entries = v["data"]["container"]["from"]["rootfs"]["entries"].to_string();
+        ensure!(
+            entries.contains("\"bin/\""),
+            "the pulled rootfs has no bin/: {entries}"
+        );
+        Ok(())
+    }
+
+    /// One `withExec(["/bin/true", tag])`; its timing and the engine's log lines for it.
+    fn exec(&mut self, reference: &str, tag: &str) -> Result<(Measured, ExecProfile)> {
+        let query = format!(
+            r#"{{ container {{ from(address: "{reference}") {{ withExec(args: ["/bin/true", "{tag}"]) {{ exitCode }} }} }} }}"#
+        );
+        self.new_log()?;
+        let pid = self.pid();
+        let cpu = process_cpu(pid)?;
+        let started = Instant::now();
+        let v = self.query(&query)?;
+        let took = Measured {
+            wall: started.elapsed(),
+            cpu: process_cpu(pid)?.saturating_sub(cpu),
+        };
+        let code = &v["data"]["container"]["from"]["withExec"]["exitCode"];
+        ensure!(*code == 0, "withExec answered exitCode {code}: {v}");
+        let mut profile = ExecProfile::parse(&self.new_log()?);
+        profile.client_us = took.wall.as_micros() as f64;
+        ensure!(
+            profile.fields.contains_key("exec timing"),
+            "the engine logged no \"exec timing\" line for run {tag}: was the exec cached? log:\n{}",
+            self.log()
+        );
+        Ok((took, profile))
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let body = r#"{"query":"{ version }"}"#;
+        loop {
+            if let Ok((200, answer)) = post(&self.socket, body, Duration::from_secs(5)) {
+                if answer.contains("version") {
+                    return Ok(());
+                }
+            }
+            if let Some(status) = self.child.as_mut().expect("running").try_wait()? {
+                bail!("engine exited early ({status}); log:\n{}", self.log());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "engine did not answer within {}s; log:\n{}",
+                READY_TIMEOUT.as_secs(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// SIGTERM, so the engine removes its bridge, NAT table and mounts.
+    fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                ensure!(
+                    status.success(),
+                    "engine exited with {status} after SIGTERM; log:\n{}",
+                    self.log()
+                );
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("engine did not stop after SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for EngineProc {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_ref() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        }
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One HTTP/1.1 POST /query over the unix socket (`Connection: close`); status and body.
+fn post(socket: &Path, body: &str, timeout: Duration) -> Result<(u16, String)> {
+    let stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        &stream,
+        "POST /query HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("bad status line {line:?}"))?;
+    let mut length = None;
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        ensure!(!line.is_empty(), "connection closed inside the headers");
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("content-length") {
+                length = Some(value.trim().parse::<usize>()?);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    match length {
+        Some(n) => {
+            out.resize(n, 0);
+            reader.read_exact(&mut out)?;
+        }
+        None => {
+            reader.read_to_end(&mut out)?;
+        }
+    }
+    Ok((status, String::from_utf8(out)?))
+}
+
+// ---- the engine's own timings ------------------------------------------------------------------
+
+/// The timing lines the engine logs for one exec (engine/src/solver/exec.rs,
+/// engine/src/exec/mod.rs, engine/src/server/http.rs): message -> numeric `*_us` fields.
+#[derive(Default)]
+struct ExecProfile {
+    fields: BTreeMap<&'static str, BTreeMap<String, f64>>,
+    /// The client's round trip, in microseconds.
+    client_us: f64,
+}
+
+/// The messages parsed, in the order the engine logs them.
+const TIMING_LINES: [&str; 5] = [
+    "executor timing",
+    "executor cleanup timing",
+    "exec timing",
+    "exec solve timing",
+    "query",
+];
+
+impl ExecProfile {
+    fn parse(log: &str) -> ExecProfile {
+        let mut p = ExecProfile::default();
+        for line in log.lines() {
+            for message in TIMING_LINES {
+                // tracing's fmt layer: `... target: message key=value ...` (fields after the
+                // message).
+                if let Some(i) = line.find(&format!(": {message} ")) {
+                    let rest = &line[i + message.len() + 3..];
+                    let fields = rest
+                        .split_whitespace()
+                        .filter_map(|kv| kv.split_once('='))
+                        .filter(|(k, _)| k.ends_with("_us"))
+                        .filter_map(|(k, v)| Some((k.to_string(), v.parse::<f64>().ok()?)))
+                        .collect();
+                    p.fields.insert(message, fields);
+                }
+            }
+        }
+        p
+    }
+
+    fn get(&self, message: &str, key: &str) -> Option<f64> {
+        self.fields.get(message)?.get(key).copied()
+    }
+}
+
+/// Medians over the timed runs of each phase, nested as the work is, in milliseconds.
+fn print_profile(profiles: &[ExecProfile], runc: Option<&Vec<f64>>) {
+    let med = |message: &str, key: &str| -> Option<f64> {
+        let v: Vec<f64> = profiles
+            .iter()
+            .filter_map(|p| p.get(message, key))
+            .map(|us| us / 1000.0)
+            .collect();
+        (!v.is_empty()).then(|| Stats::of(&v).median)
+    };
+    let show = |v: Option<f64>| v.map_or("     -".to_string(), |v| format!("{v:>6.2}"));
+    let client = Stats::of(
+        &profiles
+            .iter()
+            .map(|p| p.client_us / 1000.0)
+            .collect::<Vec<_>>(),
+    )
+    .median;
+    let server = med("query", "elapsed_us");
+    let solve = med("exec solve timing", "total_us");
+    let run = med("exec timing", "run_us");
+    let runc_in_engine = med("executor timing", "runc_us");
+    println!(
+        "where the engine's time goes (medians over {} runs, ms; from its debug log, phases nested as they run):",
+        profiles.len()
+    );
+    let rows: Vec<(usize, &str, Option<f64>)> = vec![
+        (
+            0,
+            "client round trip (POST /query over the unix socket -> answer read)",
+            Some(client),
+        ),
+        (
+            1,
+            "GraphQL request in the server (parse, resolve, serialize)",
+            server,
+        ),
+        (2, "withExec solve (cache lookup -> result recorded)", solve),
+        (
+            3,
+            "cache lookup (key, metadata get_result)",
+            med("exec solve timing", "lookup_us"),
+        ),
+        (
+            3,
+            "snapshot prepare (new upper dir + overlay mount)",
+            med("exec timing", "prepare_us"),
+        ),
+        (
+            3,
+            "network attach (netns, veth into the bridge, address, routes, resolv.conf/hosts)",
+            med("exec timing", "attach_us"),
+        ),
+        (3, "executor run", run),
+        (
+            4,
+            "wait for an exec permit",
+            med("executor cleanup timing", "permit_us"),
+        ),
+        (
+            4,
+            "rootfs prepare (bundle dir, user, cwd, executable check, mount stubs)",
+            med("executor timing", "prepare_us"),
+        ),
+        (
+            4,
+            "exec cgroup create (+ OOM eventfd)",
+            med("executor timing", "cgroup_us"),
+        ),
+        (
+            4,
+            "spec build + config.json write",
+            med("executor timing", "spec_us"),
+        ),
+        (4, "spawn runc", med("executor timing", "spawn_us")),
+        (
+            4,
+            "runc run (spawn -> exit, output captured; tini + /bin/true inside)",
+            runc_in_engine,
+        ),
+        (
+            4,
+            "cleanup (cgroups, stubs, bundle dir)",
+            med("executor cleanup timing", "cleanup_us"),
+        ),
+        (
+            3,
+            "network release (veth down, netns unpinned, files removed)",
+            med("exec timing", "release_us"),
+        ),
+        (
+            3,
+            "snapshot commit (umount, size walk, metadata row + rename)",
+            med("exec timing", "commit_us"),
+        ),
+        (
+            3,
+            "result record (metadata put_result)",
+            med("exec solve timing", "record_us"),
+        ),
+    ];
+    for (depth, what, v) in rows {
+        println!("  {}{} {what}", "  ".repeat(depth), show(v));
+    }
+    if let (Some(server), Some(solve)) = (server, solve) {
+        println!(
+            "  outside the solve: {:.2} ms in GraphQL, {:.2} ms in HTTP + socket + client",
+            server - solve,
+            client - server
+        );
+    }
+    if let (Some(r), Some(raw)) = (runc_in_engine, runc) {
+        let raw = Stats::of(raw).median;
+        println!(
+            "  runc run inside the engine vs raw runc: {r:.2} vs {raw:.2} ms ({:+.2} ms: the engine's spec: tini as PID 1, a pre-made netns, resolv.conf/hosts/init binds, masked paths, nested cgroup path, --log json)",
+            r - raw
+        );
+        println!(
+            "  engine overhead around runc: {:.2} ms of {:.2} ms (client round trip minus runc run)",
+            client - r,
+            client
+        );
+    }
+    println!();
+}
+
+// ---- which filesystem --------------------------------------------------------------------------
+
+/// "ext4 on /dev/loop0, journaled, mounted at /x, statfs magic 0xef53" for the filesystem
+/// holding `dir`.
+fn describe_fs(dir: &Path) -> String {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let best = mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (dev, point, fstype) = (f.next()?, f.next()?, f.next()?);
+            Some((unescape_mount(point), fstype.to_string(), dev.to_string()))
+        })
+        .filter(|(point, _, _)| dir.starts_with(point))
+        .fold(None::<(PathBuf, String, String)>, |best, cur| match &best {
+            Some((p, _, _)) if p.as_os_str().len() > cur.0.as_os_str().len() => best,
+            _ => Some(cur),
+        });
+    let magic = nix::sys::statfs::statfs(&dir)
+        .map(|st| format!("statfs magic {:#x}", st.filesystem_type().0))
+        .unwrap_or_else(|e| format!("statfs failed: {e}"));
+    match best {
+        Some((point, fstype, dev)) => {
+            let journal = if fstype == "ext4" {
+                let name = dev.rsplit('/').next().unwrap_or_default();
+                let journaled = std::fs::read_dir("/proc/fs/jbd2")
+                    .map(|d| {
+                        d.flatten()
+                            .any(|e| e.file_name().to_string_lossy().starts_with(name))
+                    })
+                    .unwrap_or(false);
+                if journaled {
+                    ", journaled"
+                } else {
+                    ", NO journal"
+                }
+            } else {
+                ""
+            };
+            format!(
+                "{fstype} on {dev}{journal}, mounted at {}, {magic}",
+                point.display()
+            )
+        }
+        None => format!("unknown filesystem, {magic}"),
+    }
+}
+
+/// /proc/mounts writes space, tab, newline and backslash as octal escapes.
+fn unescape_mount(s: &str) -> PathBuf {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 4);
+        match code.and_then(|c| u8::from_str_radix(c, 8).ok()) {
+            Some(b) => {
+                out.push(b as char);
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    PathBuf::from(out)
+}
