@@ -22,6 +22,7 @@ pub mod config;
 pub mod content;
 pub mod error;
 pub mod exec;
+pub mod gc;
 pub mod git;
 pub mod image;
 pub mod metadata;

@@ -5,6 +5,7 @@ use clap::Parser;
 use dagger_engine::config::{self, Config, Overrides};
 use dagger_engine::content::ContentStore;
 use dagger_engine::exec::{Executor, ExecutorOptions};
+use dagger_engine::gc::{self, Gc};
 use dagger_engine::git::GitService;
 use dagger_engine::image::ImageService;
 use dagger_engine::metadata::{self, Metadata};
@@ -99,6 +100,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
     }
 
+    let gc_settings = gc::Settings::from_config(&config.worker)?;
     let state = StateDir::open(&config.root, config.worker.snapshotter)?;
     report_snapshotter(&state);
 
@@ -123,11 +125,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         let execution = start_execution(&config, &state, &args_network).await?;
         let network = execution.network.clone();
         let git = GitService::new(state.root().join("git"), images.snapshotter().clone())?;
+        let content = images.content().clone();
+        let solver = Solver::new(images, meta, Some(execution), state.cache_mounts_dir());
+        let gc = Gc::new(
+            solver.clone(),
+            content,
+            gc_settings,
+            state.root().to_path_buf(),
+        );
         let api = api::Api::new(api::ApiState {
             default_platform: oci::Platform::host(),
-            solver: Solver::new(images, meta, Some(execution), state.cache_mounts_dir()),
+            solver,
             git,
+            gc: gc.clone(),
         });
+        // After the consistency check (in `open_stores`): its first run is the start-up one.
+        let gc_task = gc.start();
         let names: Vec<String> = listeners.iter().map(|l| l.describe()).collect();
         tracing::info!(
             version = dagger_engine::VERSION,
@@ -136,6 +149,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             names.join(", ")
         );
         server::serve(listeners, server::router(api), shutdown).await;
+        if let Some(task) = gc_task {
+            task.abort();
+        }
+        // A run in progress finishes before the state directory's lock is released.
+        gc.wait_idle().await;
         if let Err(e) = network.teardown().await {
             tracing::warn!("network teardown: {e}");
         }

@@ -170,15 +170,21 @@ pub struct SessionProcess {
     pub port: u16,
     pub token: String,
     stderr: Option<std::thread::JoinHandle<String>>,
+    extra_stdout: Option<std::thread::JoinHandle<String>>,
 }
 
 impl SessionProcess {
-    /// Runs `dagger session ARGS` against `engine` and reads the handshake.
+    /// Runs `dagger session ARGS` against `engine` (its unix socket) and reads the handshake.
     pub fn start(engine: &Engine, args: &[&str]) -> SessionProcess {
+        Self::start_with_runner_host(&engine.runner_host(), args)
+    }
+
+    /// Runs `dagger session ARGS` with `_EXPERIMENTAL_DAGGER_RUNNER_HOST=runner_host`.
+    pub fn start_with_runner_host(runner_host: &str, args: &[&str]) -> SessionProcess {
         let mut child = Command::new(bin("dagger"))
             .arg("session")
             .args(args)
-            .env("_EXPERIMENTAL_DAGGER_RUNNER_HOST", engine.runner_host())
+            .env("_EXPERIMENTAL_DAGGER_RUNNER_HOST", runner_host)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -193,18 +199,19 @@ impl SessionProcess {
             s
         });
         let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
+        let extra_stdout = std::thread::spawn(move || {
             let mut line = String::new();
             let r = stdout.read_line(&mut line).map(|_| line);
-            // Anything after the handshake would be a protocol violation: keep reading to
-            // report it, until the session exits.
+            let _ = tx.send(r);
+            // Anything after the handshake is a protocol violation; [`SessionProcess::wait`]
+            // reports it.
             let mut extra = String::new();
             let _ = stdout.read_to_string(&mut extra);
-            let _ = tx.send((r, extra));
+            extra
         });
         let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok((Ok(line), _)) => line,
-            Ok((Err(e), _)) => panic!("reading the handshake: {e}"),
+            Ok(Ok(line)) => line,
+            Ok(Err(e)) => panic!("reading the handshake: {e}"),
             Err(_) => panic!("no handshake line from dagger session within 60s"),
         };
         let mut session = SessionProcess {
@@ -214,6 +221,7 @@ impl SessionProcess {
             port: 0,
             token: String::new(),
             stderr: Some(stderr),
+            extra_stdout: Some(extra_stdout),
         };
         let v: serde_json::Value = match serde_json::from_str(&line) {
             Ok(v) => v,
@@ -270,6 +278,15 @@ impl SessionProcess {
             .take()
             .map(|h| h.join().unwrap_or_default())
             .unwrap_or_default();
+        let extra = self
+            .extra_stdout
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        assert_eq!(
+            extra, "",
+            "dagger session printed more than the handshake line on stdout"
+        );
         (status, stderr)
     }
 }

@@ -178,6 +178,32 @@ fn queries_with_the_token_reach_the_engine() {
     }
 }
 
+#[test]
+fn session_streams_large_bodies_to_a_tcp_engine() {
+    let engine = Engine::start(EngineOptions {
+        tcp: true,
+        ..Default::default()
+    });
+    let host = format!("tcp://127.0.0.1:{}", engine.tcp_port.unwrap());
+    let mut s = SessionProcess::start_with_runner_host(&host, &[]);
+    // 2 MiB each way: the query carries the value, the answer echoes it.
+    let value = "x".repeat(2 << 20);
+    let r = s.query(
+        Some(&s.auth()),
+        &format!(
+            r#"{{ container {{ withEnvVariable(name: "BIG", value: "{value}") {{ envVariable(name: "BIG") }} }} }}"#
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", &r.body[..r.body.len().min(500)]);
+    assert_eq!(
+        r.json()["data"]["container"]["withEnvVariable"]["envVariable"].as_str(),
+        Some(value.as_str())
+    );
+    let (status, stderr) = s.close_and_wait();
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(stderr, "");
+}
+
 /// Reads exactly one Content-Length or chunked response from a kept-alive connection.
 fn read_one_response(conn: &mut std::net::TcpStream) -> RawResponse {
     conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))
@@ -216,10 +242,6 @@ fn session_exits_0_on_stdin_eof() {
     let (status, stderr) = s.close_and_wait();
     assert_eq!(status.code(), Some(0), "{status}: {stderr}");
     assert_eq!(stderr, "");
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", s.port)).is_err(),
-        "the listener is closed"
-    );
 }
 
 #[test]

@@ -5,7 +5,8 @@ use super::directory::{Directory, File};
 use super::enums::{CacheSharingMode, ExistsType, NetworkProtocol, ReturnType};
 use super::{solve_error, ApiState, PlatformScalar};
 use crate::solver::node::{
-    ConfigChange, ContainerNode, DirectoryNode, ExecArgs, Expect, FileNode, MountSource, MountSpec,
+    ConfigChange, ContainerNode, DirectoryNode, ExecArgs, Expect, FileNode, FsChange, MountSource,
+    MountSpec,
 };
 use crate::solver::{id, ContainerValue};
 use async_graphql::{Context, Object, Result, ID};
@@ -40,6 +41,14 @@ impl Container {
         Container::new(ContainerNode::Config {
             parent: self.parent(),
             change,
+        })
+    }
+
+    fn fs(&self, change: FsChange, expand: bool) -> Container {
+        Container::new(ContainerNode::Fs {
+            parent: self.parent(),
+            change,
+            expand,
         })
     }
 
@@ -433,6 +442,131 @@ impl Container {
             .iter()
             .map(|(p, _)| p.clone())
             .collect())
+    }
+
+    /// Retrieves this container plus a new file written at the given path.
+    async fn with_new_file(
+        &self,
+        path: String,
+        contents: String,
+        #[graphql(default = 420)] permissions: i32,
+        #[graphql(default)] owner: String,
+        #[graphql(default = false)] expand: bool,
+    ) -> Container {
+        let change = FsChange::NewFile {
+            path,
+            contents,
+            permissions,
+            owner,
+        };
+        self.fs(change, expand)
+    }
+
+    /// Retrieves this container plus the contents of the given file copied to the given path.
+    async fn with_file(
+        &self,
+        path: String,
+        source: ID,
+        permissions: Option<i32>,
+        #[graphql(default)] owner: String,
+        #[graphql(default = false)] expand: bool,
+    ) -> Result<Container> {
+        let source = super::directory::file_arg(&source)?;
+        let change = FsChange::File {
+            path,
+            source,
+            permissions,
+            owner,
+        };
+        Ok(self.fs(change, expand))
+    }
+
+    /// Retrieves this container plus the contents of the given files copied to the given path.
+    async fn with_files(
+        &self,
+        path: String,
+        sources: Vec<ID>,
+        permissions: Option<i32>,
+        #[graphql(default)] owner: String,
+        #[graphql(default = false)] expand: bool,
+    ) -> Result<Container> {
+        let sources = super::directory::files_arg(&sources)?;
+        let change = FsChange::Files {
+            path,
+            sources,
+            permissions,
+            owner,
+        };
+        Ok(self.fs(change, expand))
+    }
+
+    /// Retrieves this container plus a directory written at the given path.
+    #[allow(clippy::too_many_arguments)]
+    async fn with_directory(
+        &self,
+        path: String,
+        source: ID,
+        #[graphql(default)] exclude: Vec<String>,
+        #[graphql(default)] include: Vec<String>,
+        #[graphql(default)] owner: String,
+        #[graphql(default = false)] expand: bool,
+        permissions: Option<i32>,
+    ) -> Result<Container> {
+        let source = super::directory::directory_arg(&source)?;
+        let change = FsChange::Directory {
+            path,
+            source,
+            include,
+            exclude,
+            owner,
+            permissions,
+        };
+        Ok(self.fs(change, expand))
+    }
+
+    /// Retrieves this container with the file at the given path removed.
+    async fn without_file(
+        &self,
+        path: String,
+        #[graphql(default = false)] expand: bool,
+    ) -> Container {
+        self.fs(FsChange::Remove { paths: vec![path] }, expand)
+    }
+
+    /// Retrieves this container with the files at the given paths removed.
+    async fn without_files(
+        &self,
+        paths: Vec<String>,
+        #[graphql(default = false)] expand: bool,
+    ) -> Container {
+        self.fs(FsChange::Remove { paths }, expand)
+    }
+
+    /// Retrieves this container with the directory at the given path removed.
+    async fn without_directory(
+        &self,
+        path: String,
+        #[graphql(default = false)] expand: bool,
+    ) -> Container {
+        self.fs(FsChange::Remove { paths: vec![path] }, expand)
+    }
+
+    /// Return a snapshot with a symlink.
+    async fn with_symlink(
+        &self,
+        target: String,
+        link_name: String,
+        #[graphql(default = false)] expand: bool,
+    ) -> Container {
+        self.fs(FsChange::Symlink { target, link_name }, expand)
+    }
+
+    /// Retrieves this container with its root filesystem replaced by the given directory.
+    async fn with_rootfs(&self, directory: ID) -> Result<Container> {
+        Ok(Container::new(ContainerNode::WithRootfs {
+            parent: self.parent(),
+            directory: super::directory::directory_arg(&directory)?,
+        }))
     }
 
     /// Retrieves this container plus the given environment variable.

@@ -2,11 +2,12 @@
 //! the resulting snapshot through a read-only view.
 
 use super::enums::ExistsType;
+use super::node::{load_directory, load_file};
 use super::{solve_error, ApiState};
 use crate::snapshot::SnapshotId;
 use crate::solver::fs::{self, with_root};
 use crate::solver::id;
-use crate::solver::node::{DirectoryNode, FileNode};
+use crate::solver::node::{DirectoryNode, FileNode, FsChange};
 use crate::sys::inroot::EntryKind;
 use async_graphql::{Context, Object, Result, ID};
 use std::io::Read;
@@ -52,6 +53,13 @@ impl Directory {
 
     fn node(&self) -> Box<DirectoryNode> {
         Box::new((*self.0).clone())
+    }
+
+    fn changed(&self, change: FsChange) -> Directory {
+        Directory::new(DirectoryNode::Changed {
+            parent: self.node(),
+            change,
+        })
     }
 
     async fn tree(&self, ctx: &Context<'_>) -> Result<Arc<crate::solver::TreeRef>> {
@@ -137,6 +145,143 @@ impl Directory {
         )
         .await
     }
+
+    /// Returns the name of the directory.
+    async fn name(&self, ctx: &Context<'_>) -> Result<String> {
+        let t = self.tree(ctx).await?;
+        Ok(format!(
+            "{}/",
+            t.path.rsplit('/').next().unwrap_or_default()
+        ))
+    }
+
+    /// Return the directory's digest. The format of the digest is not guaranteed to be stable
+    /// between releases of the engine.
+    async fn digest(&self, ctx: &Context<'_>) -> Result<String> {
+        state(ctx)
+            .solver
+            .directory_digest(&self.0)
+            .await
+            .map_err(|e| solve_error(&e))
+    }
+
+    /// Retrieves this directory plus a new file written at the given path.
+    async fn with_new_file(
+        &self,
+        path: String,
+        contents: String,
+        #[graphql(default = 420)] permissions: i32,
+    ) -> Directory {
+        self.changed(FsChange::NewFile {
+            path,
+            contents,
+            permissions,
+            owner: String::new(),
+        })
+    }
+
+    /// Retrieves this directory plus a new directory created at the given path.
+    async fn with_new_directory(
+        &self,
+        path: String,
+        #[graphql(default = 420)] permissions: i32,
+    ) -> Directory {
+        self.changed(FsChange::NewDirectory { path, permissions })
+    }
+
+    /// Retrieves this directory plus the contents of the given file copied to the given path.
+    async fn with_file(
+        &self,
+        path: String,
+        source: ID,
+        permissions: Option<i32>,
+        #[graphql(default)] owner: String,
+    ) -> Result<Directory> {
+        Ok(self.changed(FsChange::File {
+            path,
+            source: file_arg(&source)?,
+            permissions,
+            owner,
+        }))
+    }
+
+    /// Retrieves this directory plus the contents of the given files copied to the given path.
+    async fn with_files(
+        &self,
+        path: String,
+        sources: Vec<ID>,
+        permissions: Option<i32>,
+    ) -> Result<Directory> {
+        Ok(self.changed(FsChange::Files {
+            path,
+            sources: files_arg(&sources)?,
+            permissions,
+            owner: String::new(),
+        }))
+    }
+
+    /// Retrieves this directory plus a directory written at the given path.
+    #[allow(clippy::too_many_arguments)]
+    async fn with_directory(
+        &self,
+        path: String,
+        source: ID,
+        #[graphql(default)] exclude: Vec<String>,
+        #[graphql(default)] include: Vec<String>,
+        #[graphql(default)] owner: String,
+        permissions: Option<i32>,
+    ) -> Result<Directory> {
+        Ok(self.changed(FsChange::Directory {
+            path,
+            source: directory_arg(&source)?,
+            include,
+            exclude,
+            owner,
+            permissions,
+        }))
+    }
+
+    /// Retrieves this directory with the file at the given path removed.
+    async fn without_file(&self, path: String) -> Directory {
+        self.changed(FsChange::Remove { paths: vec![path] })
+    }
+
+    /// Retrieves this directory with the files at the given paths removed.
+    async fn without_files(&self, paths: Vec<String>) -> Directory {
+        self.changed(FsChange::Remove { paths })
+    }
+
+    /// Retrieves this directory with the directory at the given path removed.
+    async fn without_directory(&self, path: String) -> Directory {
+        self.changed(FsChange::Remove { paths: vec![path] })
+    }
+
+    /// Return a snapshot with a symlink.
+    async fn with_symlink(&self, target: String, link_name: String) -> Directory {
+        self.changed(FsChange::Symlink { target, link_name })
+    }
+
+    /// Gets the difference between this directory and an another directory.
+    async fn diff(&self, other: ID) -> Result<Directory> {
+        Ok(Directory::new(DirectoryNode::Diff {
+            lower: self.node(),
+            upper: directory_arg(&other)?,
+        }))
+    }
+}
+
+/// An object argument that must be a Directory ID.
+pub(crate) fn directory_arg(id: &ID) -> Result<Box<DirectoryNode>> {
+    Ok(Box::new((*load_directory(id.as_str())?.0).clone()))
+}
+
+/// An object argument that must be a File ID.
+pub(crate) fn file_arg(id: &ID) -> Result<Box<FileNode>> {
+    Ok(Box::new((*load_file(id.as_str())?.0).clone()))
+}
+
+pub(crate) fn files_arg(ids: &[ID]) -> Result<Vec<FileNode>> {
+    ids.iter().map(|id| file_arg(id).map(|f| *f)).collect()
 }
 
 /// A file.
@@ -227,5 +372,27 @@ impl File {
     async fn name(&self, ctx: &Context<'_>) -> Result<String> {
         let t = self.tree(ctx).await?;
         Ok(t.path.rsplit('/').next().unwrap_or_default().to_string())
+    }
+
+    /// Retrieves this file with its name set to the given name.
+    async fn with_name(&self, name: String) -> File {
+        File::new(FileNode::Renamed {
+            file: Box::new((*self.0).clone()),
+            name,
+        })
+    }
+
+    /// Return the file's digest. The format of the digest is not guaranteed to be stable
+    /// between releases of the engine; with `excludeMetadata` it is the sha256 of the contents.
+    async fn digest(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = false)] exclude_metadata: bool,
+    ) -> Result<String> {
+        state(ctx)
+            .solver
+            .file_digest(&self.0, exclude_metadata)
+            .await
+            .map_err(|e| solve_error(&e))
     }
 }

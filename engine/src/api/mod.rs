@@ -3,6 +3,7 @@
 
 mod container;
 mod directory;
+mod engine;
 mod enums;
 mod git;
 mod node;
@@ -31,6 +32,8 @@ pub struct ApiState {
     pub default_platform: Platform,
     pub solver: Solver,
     pub git: crate::git::GitService,
+    /// The local cache's collector (`Query.engine.localCache`).
+    pub gc: crate::gc::Gc,
 }
 
 /// A GraphQL error whose `extensions.code` says what kind of failure it was.
@@ -68,9 +71,36 @@ pub type Api = Lenient<QueryRoot, EmptyMutation, EmptySubscription>;
 impl Api {
     pub fn new(state: ApiState) -> Self {
         let state = std::sync::Arc::new(state);
+        let usage = state.gc.usage().clone();
         Lenient::build(|| {
-            Schema::build(QueryRoot, EmptyMutation, EmptySubscription).data(state.clone())
+            Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
+                .data(state.clone())
+                .extension(TrackOperations(usage.clone()))
         })
+    }
+}
+
+/// Counts every request as a running operation for the garbage collector: what a request
+/// obtains stays protected until it ends (see `crate::snapshot::usage`), and automatic
+/// collection runs after requests finish.
+struct TrackOperations(crate::gc::Usage);
+
+impl async_graphql::extensions::ExtensionFactory for TrackOperations {
+    fn create(&self) -> std::sync::Arc<dyn async_graphql::extensions::Extension> {
+        std::sync::Arc::new(TrackOperations(self.0.clone()))
+    }
+}
+
+#[async_graphql::async_trait::async_trait]
+impl async_graphql::extensions::Extension for TrackOperations {
+    async fn execute(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: async_graphql::extensions::NextExecute<'_>,
+    ) -> Response {
+        let _running = self.0.begin_operation();
+        next.run(ctx, operation_name).await
     }
 }
 
@@ -135,5 +165,7 @@ fn needs_lenient_pass(response: &Response) -> bool {
             .all(|e| e.message.starts_with("Invalid value for argument"))
 }
 
+#[cfg(test)]
+mod fs_tests;
 #[cfg(test)]
 mod tests;

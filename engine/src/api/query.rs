@@ -46,6 +46,25 @@ impl QueryRoot {
         Directory::new(DirectoryNode::Scratch)
     }
 
+    /// Creates a file with the specified contents.
+    async fn file(
+        &self,
+        name: String,
+        contents: String,
+        #[graphql(default = 420)] permissions: i32,
+    ) -> File {
+        File::new(crate::solver::node::FileNode::New {
+            name,
+            contents,
+            permissions,
+        })
+    }
+
+    /// The Dagger engine container configuration and state
+    async fn engine(&self) -> super::engine::Engine {
+        super::engine::Engine
+    }
+
     /// Queries a Git repository.
     async fn git(
         &self,

@@ -63,3 +63,27 @@ id_scalar!(LabelId, "LabelID");
 id_scalar!(PortId, "PortID");
 id_scalar!(CacheVolumeId, "CacheVolumeID");
 id_scalar!(SecretId, "SecretID");
+
+/// The absence of a value.
+///
+/// A Null Void is used as a placeholder for resolvers that do not return anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Void;
+
+#[Scalar(name = "Void")]
+impl ScalarType for Void {
+    fn parse(value: Value) -> InputValueResult<Self> {
+        match value {
+            Value::Null => Ok(Void),
+            other => Err(InputValueError::expected_type(other)),
+        }
+    }
+
+    fn is_valid(value: &Value) -> bool {
+        matches!(value, Value::Null)
+    }
+
+    fn to_value(&self) -> Value {
+        Value::Null
+    }
+}

@@ -2,7 +2,7 @@ use super::*;
 use async_graphql::{Enum, Object, Request, ID};
 
 /// An API over real, empty stores in a temporary directory (leaked for the test's duration).
-fn api() -> Api {
+pub(super) fn api() -> Api {
     use crate::content::ContentStore;
     use crate::metadata::Metadata;
     use crate::registry::{RegistryClient, RegistryOptions};
@@ -23,14 +23,20 @@ fn api() -> Api {
     );
     let images = crate::image::ImageService::new(registry, content, meta.clone(), snapshots);
     let git = crate::git::GitService::new(dir.join("git"), images.snapshotter().clone()).unwrap();
+    let content = images.content().clone();
+    let solver = crate::solver::Solver::new(images, meta, None, dir.join("cachemounts"));
+    let settings = crate::gc::Settings::from_config(&crate::config::WorkerConfig::default())
+        .expect("default GC settings");
+    let gc = crate::gc::Gc::new(solver.clone(), content, settings, dir.clone());
     Api::new(ApiState {
         default_platform: Platform::parse("linux/amd64").unwrap(),
-        solver: crate::solver::Solver::new(images, meta, None, dir.join("cachemounts")),
+        solver,
         git,
+        gc,
     })
 }
 
-async fn run(query: &str) -> serde_json::Value {
+pub(super) async fn run(query: &str) -> serde_json::Value {
     serde_json::to_value(api().execute(|| Request::new(query)).await).unwrap()
 }
 

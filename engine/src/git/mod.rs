@@ -267,7 +267,7 @@ impl GitService {
             depth,
             name: if keep_git_dir { r.name.clone() } else { None },
         };
-        if let Some(id) = self.inner.cached(&key) {
+        if let Some(id) = self.inner.cached(&key).map_err(Arc::new)? {
             tracing::debug!("git tree {} of {}: cached", r.sha, remote.url.display());
             return Ok(id);
         }
@@ -287,7 +287,7 @@ impl GitService {
                         .or_default()
                         .clone();
                     let _checking_out = lock.lock().await;
-                    if let Some(id) = inner.cached(&key) {
+                    if let Some(id) = inner.cached(&key)? {
                         return Ok(id);
                     }
                     let id = inner.checkout(&remote, &r, keep_git_dir, depth).await?;
@@ -310,12 +310,26 @@ impl GitService {
 }
 
 impl Inner {
-    fn cached(&self, key: &TreeKey) -> Option<SnapshotId> {
-        self.trees
+    /// The checked-out tree for `key`, claimed for the running operation; a tree the garbage
+    /// collector removed is forgotten (and checked out again by the caller).
+    fn cached(&self, key: &TreeKey) -> Result<Option<SnapshotId>, GitError> {
+        let found = self
+            .trees
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(key)
-            .cloned()
+            .cloned();
+        let Some(id) = found else {
+            return Ok(None);
+        };
+        if self.snapshots.claim(&id)? {
+            return Ok(Some(id));
+        }
+        let mut trees = self.trees.lock().unwrap_or_else(|e| e.into_inner());
+        if trees.get(key) == Some(&id) {
+            trees.remove(key);
+        }
+        Ok(None)
     }
 
     fn repo_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<bool>> {
@@ -408,9 +422,14 @@ impl Inner {
             git(&["read-tree", "HEAD"]).await?;
         }
         let snapshots = self.snapshots.clone();
+        let description = format!("git snapshot for {}#{sha}", url.display());
         tokio::task::spawn_blocking(move || -> Result<SnapshotId, GitError> {
             let size = finish_tree(&active.fs(), keep_git_dir)?;
-            Ok(snapshots.commit(active, None, None, size)?)
+            let id = snapshots.commit(active, None, None, size)?;
+            if let Err(e) = snapshots.label(&id, "source.git.checkout", &description) {
+                tracing::debug!("labelling git snapshot {id}: {e}");
+            }
+            Ok(id)
         })
         .await
         .map_err(|e| GitError::Internal(format!("snapshot commit task failed: {e}")))?

@@ -11,7 +11,7 @@ pub use config::ImageConfig;
 use crate::archive::{self, ApplyOptions};
 use crate::content::{ContentError, ContentStore};
 use crate::error::{Classify, ErrorKind};
-use crate::metadata::Metadata;
+use crate::metadata::{Metadata, ResourceKind};
 use crate::oci::{Digest, Platform, Reference};
 use crate::registry::{RegistryClient, RegistryError};
 use crate::snapshot::{SnapshotError, SnapshotId, Snapshotter};
@@ -122,6 +122,10 @@ impl ImageService {
         &self.inner.snapshots
     }
 
+    pub fn content(&self) -> &ContentStore {
+        &self.inner.content
+    }
+
     /// Pulls `reference` for `platform`, sharing the work with concurrent identical pulls.
     pub async fn pull(&self, reference: &Reference, platform: &Platform) -> PullResult {
         let key = (reference.to_string(), platform.to_string());
@@ -143,6 +147,7 @@ impl ImageService {
     ) -> Result<Image, ImageError> {
         let started = std::time::Instant::now();
         let since = move || started.elapsed().as_millis() as u64;
+        let lease = PullLease::new(&self.inner.meta)?;
         let resolved = self.inner.registry.resolve(reference, platform).await?;
         let resolve_ms = since();
         let name = reference.to_string();
@@ -152,6 +157,22 @@ impl ImageService {
         };
 
         let (config_digest, config_size) = resolved.config.clone();
+        let mut held = vec![(ResourceKind::Blob, config_digest.to_string())];
+        held.extend(
+            resolved
+                .parsed
+                .layers()
+                .iter()
+                .map(|l| (ResourceKind::Blob, l.digest().to_string())),
+        );
+        held.extend(
+            resolved
+                .index
+                .iter()
+                .chain(std::iter::once(&resolved.manifest))
+                .map(|m| (ResourceKind::Blob, m.digest.to_string())),
+        );
+        lease.hold(&held)?;
         self.ensure_blob(
             reference,
             &config_digest,
@@ -195,9 +216,13 @@ impl ImageService {
         let mut parent: Option<SnapshotId> = None;
         for (i, chain) in chain_ids.iter().enumerate().rev() {
             if let Some(id) = self.inner.snapshots.by_chain_id(chain)? {
-                have = i + 1;
-                parent = Some(id);
-                break;
+                lease.hold(&[(ResourceKind::Snapshot, id.clone())])?;
+                // Leased first, then checked: the collector may have taken it meanwhile.
+                if self.inner.snapshots.claim(&id)? {
+                    have = i + 1;
+                    parent = Some(id);
+                    break;
+                }
             }
         }
 
@@ -314,6 +339,7 @@ impl ImageService {
                 Some(&diff_ids[index]),
                 applied.uncompressed_size,
             )?;
+            lease.hold(&[(ResourceKind::Snapshot, id.clone())])?;
             tracing::debug!(
                 index,
                 digest = %blob,
@@ -526,6 +552,52 @@ impl ImageService {
         let size = written.map_err(|e| ImageError::Internal(e.to_string()))??;
         self.inner.meta.put_blob(digest, size, media_type)?;
         Ok(())
+    }
+}
+
+/// Keeps what a pull writes (blobs from before their first byte, snapshots as they are made)
+/// from the garbage collector until the pull ends. Deleted on drop; after a crash it expires.
+struct PullLease {
+    meta: Metadata,
+    id: String,
+}
+
+/// How long a pull's lease outlives a crash of the engine.
+const PULL_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+impl PullLease {
+    fn new(meta: &Metadata) -> Result<Self, ImageError> {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = std::time::SystemTime::now();
+        let stamp = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let id = format!("pull-{stamp:x}-{}-{n}", std::process::id());
+        meta.create_lease(&id, Some(now + PULL_LEASE_TTL))?;
+        Ok(PullLease {
+            meta: meta.clone(),
+            id,
+        })
+    }
+
+    fn hold(&self, resources: &[(ResourceKind, String)]) -> Result<(), ImageError> {
+        self.meta.with_tx(|tx| {
+            for (kind, id) in resources {
+                tx.add_resource(&self.id, *kind, id)?;
+            }
+            Ok::<_, crate::metadata::MetadataError>(())
+        })?;
+        Ok(())
+    }
+}
+
+impl Drop for PullLease {
+    fn drop(&mut self) {
+        if let Err(e) = self.meta.delete_lease(&self.id) {
+            tracing::warn!("releasing pull lease {}: {e}", self.id);
+        }
     }
 }
 

@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 /// Bytes a tap holds for an applier that has not attached yet; past this the tap gives up
 /// (becomes unusable) and the layer is applied from the stored blob. Layers after the first
 /// usually finish downloading while an earlier one unpacks, so buffering them whole would only
-/// cost memory.
+/// cost memory. A tap also gives up when its download ends before an applier attached, so at
+/// most one such buffer per running download (the registry client's per-host connection limit)
+/// is held.
 const UNATTACHED_LIMIT: usize = 4 << 20;
 /// Bytes a tap holds for an attached applier before the download waits for it. Enough that
 /// the download (and the fsync of its commit) usually ends well before the unpack does: the
@@ -140,6 +142,10 @@ impl Tap {
         let mut st = self.lock();
         if st.end.is_none() {
             st.end = Some(end);
+        }
+        if !st.attached {
+            // The stored blob serves a later applier as well, without holding memory.
+            self.give_up(&mut st);
         }
         self.changed.notify_all();
     }
@@ -303,6 +309,9 @@ pub(super) fn apply_pipelined(
     }
 
     let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(DECODED_QUEUE);
+    // Consumed buffers go back to the decompression thread: no allocation (and no page faults
+    // of fresh mappings) per chunk.
+    let (recycle, recycled) = sync_channel::<Vec<u8>>(DECODED_QUEUE + 2);
     std::thread::scope(|scope| {
         let decoder = std::thread::Builder::new()
             .name("layer-decompress".into())
@@ -313,7 +322,7 @@ pub(super) fn apply_pipelined(
                 let end = decode(
                     &mut Read::chain(io::Cursor::new(head), &mut source),
                     compression,
-                    &tx,
+                    (&tx, &recycled),
                     &mut send_wait,
                 );
                 let busy = t
@@ -328,6 +337,7 @@ pub(super) fn apply_pipelined(
             })?;
         let mut decoded = Decoded {
             rx,
+            recycle,
             buf: Vec::new(),
             pos: 0,
             waited: Duration::ZERO,
@@ -392,7 +402,7 @@ impl<R: Read> Read for Source<'_, R> {
 fn decode(
     source: &mut impl Read,
     compression: Compression,
-    tx: &SyncSender<io::Result<Vec<u8>>>,
+    (tx, recycled): (&SyncSender<io::Result<Vec<u8>>>, &Receiver<Vec<u8>>),
     send_wait: &mut Duration,
 ) -> DecodeEnd {
     let mut src = Source {
@@ -413,7 +423,10 @@ fn decode(
             Compression::None => Box::new(&mut src),
         };
         loop {
-            let mut chunk = vec![0u8; DECODED_CHUNK];
+            let mut chunk = recycled
+                .try_recv()
+                .unwrap_or_else(|_| vec![0u8; DECODED_CHUNK]);
+            chunk.resize(DECODED_CHUNK, 0);
             let mut filled = 0;
             let mut failure = None;
             while filled < chunk.len() {
@@ -458,6 +471,7 @@ fn decode(
 /// The decompressed stream, read from the decompression thread's messages.
 struct Decoded {
     rx: Receiver<io::Result<Vec<u8>>>,
+    recycle: SyncSender<Vec<u8>>,
     buf: Vec<u8>,
     pos: usize,
     waited: Duration,
@@ -472,8 +486,11 @@ impl Decoded {
         match msg {
             Ok(Ok(chunk)) => {
                 if self.pos == self.buf.len() {
-                    self.buf = chunk;
+                    let used = std::mem::replace(&mut self.buf, chunk);
                     self.pos = 0;
+                    if used.capacity() == DECODED_CHUNK {
+                        let _ = self.recycle.try_send(used);
+                    }
                 } else {
                     self.buf.drain(..self.pos);
                     self.pos = 0;
@@ -661,5 +678,11 @@ mod tests {
         let tap = Tap::new();
         tap.close();
         assert!(tap.attach().is_none(), "never started");
+
+        let tap = Tap::new();
+        tap.start();
+        tap.push(Bytes::from_static(b"small"));
+        tap.finish(Ok(()));
+        assert!(tap.attach().is_none(), "ended before an applier attached");
     }
 }

@@ -137,6 +137,16 @@ impl Metadata {
                 let rows = stmt.query_map([&id], |r| r.get(0))?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
+            // Cached results that point into the subtree go first (their foreign key would
+            // refuse the delete); the solver recomputes them.
+            tx.execute(
+                "WITH RECURSIVE subtree(id) AS (
+                     SELECT ?1
+                     UNION SELECT s.id FROM snapshots s JOIN subtree t ON s.parent = t.id
+                 )
+                 DELETE FROM results WHERE snapshot IN (SELECT id FROM subtree)",
+                [&id],
+            )?;
             // One statement, so the parent/child foreign key is checked only once the whole
             // subtree is gone.
             tx.execute(

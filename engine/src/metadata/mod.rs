@@ -17,6 +17,7 @@
 //! does exactly that. Never hold the handle's lock across an `.await` (the API gives no way to).
 
 mod consistency;
+mod gc;
 mod results;
 mod schema;
 
@@ -24,6 +25,7 @@ mod schema;
 mod tests;
 
 pub use consistency::ConsistencyReport;
+pub use gc::{CacheVolumeRow, ResultRow, SnapshotLabel};
 pub use results::ResultRecord;
 
 use crate::error::{Classify, ErrorKind};

@@ -73,6 +73,24 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX results_by_snapshot ON results(snapshot);
     "#,
+    // 3: what the garbage collector reports and ages. A label says what made a snapshot (its
+    // record type and a description); it goes with the snapshot. Cache volumes are directories
+    // under `cachemounts/` named by a digest of their key: the key (for descriptions) and the
+    // times are kept here.
+    r#"
+    CREATE TABLE snapshot_labels (
+        id          TEXT PRIMARY KEY NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
+        record_type TEXT NOT NULL,
+        description TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE cache_volumes (
+        name         TEXT PRIMARY KEY NOT NULL,
+        key          TEXT NOT NULL,
+        created_at   INTEGER NOT NULL,
+        last_used_at INTEGER NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// Brings the database at `path` up to the latest version, refusing one written by a newer

@@ -20,6 +20,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
 
+pub mod usage;
+
+pub use usage::{Pin, Usage};
+
 pub type SnapshotId = String;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +79,8 @@ pub struct Active {
     parent: Option<SnapshotId>,
     whiteouts: WhiteoutMode,
     committed: bool,
+    /// The parent's layers are this snapshot's lowers (or its copy source) until it is gone.
+    _parent_pin: Option<Pin>,
 }
 
 impl Active {
@@ -105,6 +111,7 @@ impl Drop for Active {
 pub struct View {
     root: PathBuf,
     mounted: bool,
+    _pin: Option<Pin>,
 }
 
 impl View {
@@ -131,6 +138,7 @@ pub struct Snapshotter {
     dir: PathBuf,
     tmp: PathBuf,
     meta: Metadata,
+    usage: Usage,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -157,6 +165,50 @@ impl Snapshotter {
             dir: snapshots_dir,
             tmp: tmp_dir,
             meta,
+            usage: Usage::new(),
+        }
+    }
+
+    /// What the garbage collector must leave alone; shared by every clone of this snapshotter.
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    /// Where committed snapshots live (`<dir>/<id>`).
+    pub fn snapshots_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Marks `id` as obtained by the running operation, then reports whether it still exists.
+    /// In that order, a snapshot that passes cannot be collected while the operation runs
+    /// (see [`usage`]).
+    pub fn claim(&self, id: &str) -> Result<bool, SnapshotError> {
+        self.usage.touch([id]);
+        Ok(self.meta.get_snapshot(id)?.is_some())
+    }
+
+    /// Records what made snapshot `id` (a GC record type and a description) for cache
+    /// listings. Best effort: a snapshot that is already gone is not an error.
+    pub fn label(
+        &self,
+        id: &str,
+        record_type: &str,
+        description: &str,
+    ) -> Result<(), SnapshotError> {
+        Ok(self.meta.label_snapshot(id, record_type, description)?)
+    }
+
+    /// Removes the directory of a snapshot whose row is already gone: renamed to `tmp-*` first
+    /// (a name the start-up check always treats as debris), so a crash halfway through leaves
+    /// nothing that looks like a snapshot.
+    pub fn remove_dir(&self, id: &str) -> Result<(), SnapshotError> {
+        crate::metadata::validate_snapshot_id(id)?;
+        let from = self.path_of(id);
+        let trash = self.dir.join(unique("tmp-gc-"));
+        match std::fs::rename(&from, &trash) {
+            Ok(()) => std::fs::remove_dir_all(&trash).map_err(io_err(&trash)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&from)(e)),
         }
     }
 
@@ -175,11 +227,16 @@ impl Snapshotter {
 
     /// The committed snapshot for an image layer chain, if it was built before.
     pub fn by_chain_id(&self, chain_id: &Digest) -> Result<Option<SnapshotId>, SnapshotError> {
-        Ok(self.meta.snapshot_by_chain_id(chain_id)?.map(|s| s.id))
+        match self.meta.snapshot_by_chain_id(chain_id)? {
+            Some(s) if self.claim(&s.id)? => Ok(Some(s.id)),
+            _ => Ok(None),
+        }
     }
 
     /// Starts a snapshot on top of `parent`.
     pub fn prepare(&self, parent: Option<&SnapshotId>) -> Result<Active, SnapshotError> {
+        // Pinned before its rows are read (by `lowers`), so it cannot vanish after the check.
+        let parent_pin = parent.map(|p| self.usage.pin(p));
         let dir = self.dir.join(unique("new-"));
         let fs = dir.join("fs");
         let whiteouts = match (self.kind, parent) {
@@ -198,7 +255,7 @@ impl Snapshotter {
             (SnapshotKind::Native, Some(p)) => {
                 std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
                 let from = self.path_of(p).join("fs");
-                if !from.is_dir() {
+                if self.meta.get_snapshot(p)?.is_none() || !from.is_dir() {
                     let _ = std::fs::remove_dir_all(&dir);
                     return Err(SnapshotError::NotFound(p.clone()));
                 }
@@ -213,6 +270,7 @@ impl Snapshotter {
             parent: parent.cloned(),
             whiteouts,
             committed: false,
+            _parent_pin: parent_pin,
         })
     }
 
@@ -227,6 +285,8 @@ impl Snapshotter {
         size: u64,
     ) -> Result<SnapshotId, SnapshotError> {
         let id = unique("");
+        // Stamped before the row exists: the operation that builds it keeps it.
+        self.usage.touch([id.as_str()]);
         let final_dir = self.path_of(&id);
         let from = active.dir.clone();
         let result = self.meta.with_tx(|tx| -> Result<(), SnapshotError> {
@@ -296,9 +356,17 @@ impl Snapshotter {
             return Ok(View {
                 root: target,
                 mounted: false,
+                _pin: None,
             });
         };
-        let lowers = self.lowers(id)?;
+        let pin = self.usage.pin(id);
+        let lowers = match self.lowers(id) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&target);
+                return Err(e);
+            }
+        };
         let spec = if lowers.len() == 1 {
             MountSpec::BindReadOnly(lowers[0].clone())
         } else {
@@ -317,6 +385,7 @@ impl Snapshotter {
         Ok(View {
             root: target,
             mounted: true,
+            _pin: Some(pin),
         })
     }
 }
@@ -418,6 +487,7 @@ impl Snapshotter {
                 parent: None,
                 whiteouts: WhiteoutMode::Apply,
                 committed: true,
+                _parent_pin: None,
             },
         );
         self.commit(active, None, None, size)

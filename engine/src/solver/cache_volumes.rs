@@ -11,12 +11,35 @@ use crate::oci::Digest;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 #[derive(Default)]
 struct Volume {
     /// Instance directories and how many execs use each (index 0 is the main one).
     in_use: Vec<usize>,
+    /// When each instance was last acquired or released (for the garbage collector).
+    used_at: HashMap<usize, SystemTime>,
     lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// One volume instance directory used in this run, as the garbage collector sees it.
+pub struct VolumeUsage {
+    /// The directory's name under the cache directory.
+    pub name: String,
+    pub key: String,
+    pub in_use: bool,
+    pub last_used: Option<SystemTime>,
+}
+
+/// The directory name of instance `instance` of volume `key`.
+fn instance_name(key: &str, instance: usize) -> String {
+    // Keys are user text: the directory name is their digest.
+    let name = Digest::of(key.as_bytes()).hex().to_string();
+    if instance == 0 {
+        name
+    } else {
+        format!("{name}-private-{instance}")
+    }
 }
 
 pub struct CacheVolumes {
@@ -40,6 +63,7 @@ impl Drop for CacheLease {
             if let Some(n) = vol.in_use.get_mut(self.instance) {
                 *n = n.saturating_sub(1);
             }
+            vol.used_at.insert(self.instance, SystemTime::now());
         }
     }
 }
@@ -53,12 +77,48 @@ impl CacheVolumes {
     }
 
     fn instance_path(&self, key: &str, instance: usize) -> PathBuf {
-        // Keys are user text: the directory name is their digest.
-        let name = Digest::of(key.as_bytes()).hex().to_string();
-        if instance == 0 {
-            self.dir.join(name)
-        } else {
-            self.dir.join(format!("{name}-private-{instance}"))
+        self.dir.join(instance_name(key, instance))
+    }
+
+    /// Where the volume directories live.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every instance directory used in this run: its key, whether an exec holds it now, and
+    /// when it was last acquired or released.
+    pub fn usage(&self) -> Vec<VolumeUsage> {
+        let v = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for (key, vol) in v.iter() {
+            for (i, n) in vol.in_use.iter().enumerate() {
+                out.push(VolumeUsage {
+                    name: instance_name(key, i),
+                    key: key.clone(),
+                    in_use: *n > 0,
+                    last_used: vol.used_at.get(&i).copied(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Moves the instance directory `name` to `trash` unless an exec holds it; `Ok(false)`
+    /// when it is in use or gone. Done under the volumes lock, so an exec acquiring it either
+    /// came first (and it stays) or finds it missing and starts a fresh one.
+    pub fn take_unused(&self, name: &str, trash: &Path) -> std::io::Result<bool> {
+        let v = self.volumes.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, vol) in v.iter() {
+            for (i, n) in vol.in_use.iter().enumerate() {
+                if *n > 0 && instance_name(key, i) == name {
+                    return Ok(false);
+                }
+            }
+        }
+        match std::fs::rename(self.dir.join(name), trash) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -95,6 +155,7 @@ impl CacheVolumes {
                 },
             };
             vol.in_use[i] += 1;
+            vol.used_at.insert(i, SystemTime::now());
             i
         };
         let lease = CacheLease {

@@ -98,6 +98,20 @@ enum Plan {
 }
 
 impl Plan {
+    /// The paths written or removed.
+    fn targets(&self) -> Vec<&str> {
+        match self {
+            Plan::NewFile { path, .. }
+            | Plan::NewDirectory { path, .. }
+            | Plan::CopyFile { path, .. }
+            | Plan::CopyDirectory { path, .. }
+            | Plan::Symlink { path, .. } => vec![path],
+            Plan::CopyFiles { dir, .. } => vec![dir],
+            Plan::Remove { paths, .. } => paths.iter().map(String::as_str).collect(),
+            Plan::Diff { .. } => Vec::new(),
+        }
+    }
+
     fn sources(&self) -> Vec<&Source> {
         match self {
             Plan::CopyFile { source, .. } | Plan::CopyDirectory { source, .. } => vec![source],
@@ -180,7 +194,8 @@ impl Solver {
     ) -> Result<TreeRef> {
         let d = self.directory(parent).await?;
         let base = d.path.clone();
-        let resolve = |p: &str| fs::join(&base, &fs::join("/", p));
+        // Absolute paths are relative to the directory too: a Directory is its own root.
+        let resolve = |p: &str| fs::join(&base, fs::join("/", p).trim_start_matches('/'));
         let plan = self
             .plan(change, &d.snapshot, &base, &resolve, &|s: &str| {
                 s.to_string()
@@ -205,6 +220,16 @@ impl Solver {
         let resolve = |s: &str| fs::join(p.cwd(), &p.expand(s, expand));
         let raw = |s: &str| p.expand(s, expand);
         let plan = self.plan(change, &p.rootfs, "/", &resolve, &raw).await?;
+        // Writes go to the rootfs; one under a mount would be hidden by it in every exec.
+        for target in plan.targets() {
+            let under = |m: &str| target == m || target.starts_with(&format!("{m}/"));
+            if let Some((m, _)) = p.mounts.iter().find(|(m, _)| m != "/" && under(m)) {
+                return Err(invalid(format!(
+                    "{target}: is under the mount at {m}; writing into mounts is not supported \
+                     (unmount it first with withoutMount)"
+                )));
+            }
+        }
         let rootfs = self.apply(p.rootfs.clone(), plan).await?;
         let mut next = (*p).clone();
         next.rootfs = rootfs;
@@ -420,15 +445,40 @@ impl Solver {
     async fn apply(&self, base: Option<SnapshotId>, plan: Plan) -> Result<Option<SnapshotId>> {
         let material = serde_json::json!({ "op": "fs/v1", "base": base, "plan": plan });
         let key = Digest::of(material.to_string().as_bytes());
+        // Memoised and single-flight by content too: different nodes (IDs) that make the same
+        // change to the same snapshot share one write.
+        let memo = self
+            .memoised(key.clone(), || async {
+                let snapshot = self.apply_once(key, base, plan).await?;
+                Ok(super::Memo::Tree(std::sync::Arc::new(TreeRef {
+                    snapshot,
+                    path: "/".into(),
+                })))
+            })
+            .await?;
+        match memo {
+            super::Memo::Tree(t) => Ok(t.snapshot.clone()),
+            super::Memo::Container(_) => Err(SolveError::Internal("memo type mismatch".into())),
+        }
+    }
+
+    async fn apply_once(
+        &self,
+        key: Digest,
+        base: Option<SnapshotId>,
+        plan: Plan,
+    ) -> Result<Option<SnapshotId>> {
         let meta = self.metadata().clone();
+        let snapshots = self.snapshotter().clone();
         let lookup = key.clone();
         let hit = tokio::task::spawn_blocking(move || -> Result<Option<Cached>> {
             let Some(record) = meta.get_result(&lookup)? else {
                 return Ok(None);
             };
-            // A result whose snapshot is gone is recomputed.
+            // A result whose snapshot is gone is recomputed; a live one is claimed for this
+            // operation (see `snapshot::usage`).
             if let Some(s) = &record.snapshot {
-                if meta.get_snapshot(s)?.is_none() {
+                if !snapshots.claim(s)? {
                     return Ok(None);
                 }
             }

@@ -16,6 +16,8 @@ use std::time::Instant;
 
 /// How much of each stream an exec error carries (the SDKs print it).
 const ERROR_OUTPUT_LIMIT: usize = 64 << 10;
+/// Characters of the command line kept in a cache entry's description.
+const DESCRIPTION_LIMIT: usize = 1024;
 
 /// What the last exec of a container produced.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -54,6 +56,15 @@ impl ExecFailure {
             )
         }
     }
+}
+
+/// What a process left, whether it ran or could not start.
+struct Outcome {
+    exit_code: i32,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    combined: Vec<u8>,
+    oom_killed: bool,
 }
 
 /// Runs containers: the executor plus the network each exec joins.
@@ -110,14 +121,16 @@ impl Execution {
 
     async fn cached(&self, solver: &Solver, key: &Digest) -> Result<Option<Cached>> {
         let meta = solver.metadata().clone();
+        let snapshots = solver.snapshotter().clone();
         let key = key.clone();
         let found = tokio::task::spawn_blocking(move || -> Result<Option<Cached>> {
             let Some(record) = meta.get_result(&key)? else {
                 return Ok(None);
             };
-            // A result whose snapshot is gone (or unreadable) is recomputed.
+            // A result whose snapshot is gone (or unreadable) is recomputed. Claimed, so the
+            // garbage collector keeps it for this operation.
             if let Some(s) = &record.snapshot {
-                if meta.get_snapshot(s)?.is_none() {
+                if !snapshots.claim(s)? {
                     return Ok(None);
                 }
             }
@@ -191,7 +204,33 @@ impl Execution {
             tracing::warn!("releasing an exec's network: {e}");
         }
         let release_us = micros(phase);
-        let output = output.map_err(|e| classified(&e))?;
+        let output = match output {
+            Ok(o) => Outcome {
+                exit_code: o.exit_code,
+                stdout: o.stdout,
+                stderr: o.stderr,
+                combined: o.combined,
+                oom_killed: o.oom_killed,
+            },
+            // A command that cannot start is reported the way a shell reports it (127: not
+            // found, 126: not executable), so `expect` and ExecError work as for any failure.
+            Err(crate::exec::ExecError::Start(message)) => {
+                let code = if message.contains("not found") {
+                    127
+                } else {
+                    126
+                };
+                let line = format!("{message}\n").into_bytes();
+                Outcome {
+                    exit_code: code,
+                    stdout: Vec::new(),
+                    stderr: line.clone(),
+                    combined: line,
+                    oom_killed: false,
+                }
+            }
+            Err(e) => return Err(classified(&e)),
+        };
         let succeeded = match args.expect {
             Expect::Success => output.exit_code == 0,
             Expect::Failure => output.exit_code != 0,
@@ -228,9 +267,24 @@ impl Execution {
         }
         let phase = Instant::now();
         drop(mounted);
-        let snapshot = tokio::task::spawn_blocking(move || snapshots.commit_exec(root))
-            .await
-            .map_err(|e| SolveError::Internal(e.to_string()))??;
+        // What cache listings call this snapshot (secret values never appear there either).
+        let description: String = format!(
+            "mount / from exec {}",
+            super::secrets::scrub(&argv.join(" "), &secrets)
+        )
+        .chars()
+        .take(DESCRIPTION_LIMIT)
+        .collect();
+        let meta = solver.metadata().clone();
+        let snapshot = tokio::task::spawn_blocking(move || -> Result<String> {
+            let id = snapshots.commit_exec(root)?;
+            if let Err(e) = meta.label_snapshot(&id, "regular", &description) {
+                tracing::debug!("labelling exec snapshot {id}: {e}");
+            }
+            Ok(id)
+        })
+        .await
+        .map_err(|e| SolveError::Internal(e.to_string()))??;
         tracing::debug!(
             prepare_us,
             attach_us,

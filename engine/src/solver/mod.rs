@@ -32,6 +32,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
+pub use cache_volumes::VolumeUsage;
 pub use exec::{ExecFailure, ExecResult, Execution};
 pub use fs::FsError;
 
@@ -143,6 +144,24 @@ enum Memo {
     Tree(Arc<TreeRef>),
 }
 
+impl Memo {
+    /// The snapshot this value names, if any.
+    fn snapshot(&self) -> Option<&str> {
+        match self {
+            Memo::Container(c) => c.rootfs.as_deref(),
+            Memo::Tree(t) => t.snapshot.as_deref(),
+        }
+    }
+
+    fn same(&self, other: &Memo) -> bool {
+        match (self, other) {
+            (Memo::Container(a), Memo::Container(b)) => Arc::ptr_eq(a, b),
+            (Memo::Tree(a), Memo::Tree(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 /// The solver. Cheap to clone.
 #[derive(Clone)]
 pub struct Solver {
@@ -175,7 +194,7 @@ impl Solver {
         execution: Option<Execution>,
         cache_dir: std::path::PathBuf,
     ) -> Self {
-        Solver {
+        let solver = Solver {
             inner: Arc::new(Inner {
                 images,
                 meta,
@@ -185,7 +204,22 @@ impl Solver {
                 memo: Mutex::new(HashMap::new()),
                 flights: Singleflight::new(),
             }),
-        }
+        };
+        // Weak: the registry lives in the snapshotter, which the solver owns.
+        let weak = Arc::downgrade(&solver.inner);
+        solver.snapshotter().usage().on_removed(move |ids| {
+            if let Some(inner) = weak.upgrade() {
+                Solver { inner }.forget_snapshots(ids);
+            }
+        });
+        solver
+    }
+
+    /// Drops memoised values that name any of `ids` (snapshots the garbage collector removed),
+    /// so the nodes are evaluated again when next asked for.
+    pub fn forget_snapshots(&self, ids: &std::collections::HashSet<String>) {
+        self.lock_memo()
+            .retain(|_, m| m.snapshot().is_none_or(|s| !ids.contains(s)));
     }
 
     pub fn snapshotter(&self) -> &crate::snapshot::Snapshotter {
@@ -198,8 +232,17 @@ impl Solver {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Memo>>,
     {
-        if let Some(m) = self.lock_memo().get(&key) {
-            return Ok(m.clone());
+        let hit = self.lock_memo().get(&key).cloned();
+        if let Some(m) = hit {
+            // Stamp the snapshot for the running operation, then make sure the garbage
+            // collector did not remove it first (it forgets such values under the same lock
+            // the stamp takes); a forgotten value is computed again.
+            if let Some(s) = m.snapshot() {
+                self.snapshotter().usage().touch([s]);
+            }
+            if self.lock_memo().get(&key).is_some_and(|cur| cur.same(&m)) {
+                return Ok(m);
+            }
         }
         let memo = self
             .inner
@@ -386,7 +429,7 @@ impl Solver {
                         && snapshot
                             .chars()
                             .all(|c| c.is_ascii_alphanumeric() || c == '-')
-                        && self.inner.meta.get_snapshot(snapshot)?.is_some();
+                        && self.snapshotter().claim(snapshot)?;
                     if !recorded {
                         return Err(SolveError::InvalidArgument(format!(
                             "unknown snapshot {snapshot:?}"

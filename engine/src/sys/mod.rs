@@ -55,6 +55,14 @@ pub fn fs_total_bytes(path: &Path) -> io::Result<u64> {
     Ok(st.blocks() as u64 * st.fragment_size() as u64)
 }
 
+/// Free bytes on the filesystem holding `path` (`f_bfree`, root's view, as BuildKit's GC
+/// counts it).
+pub fn fs_free_bytes(path: &Path) -> io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.blocks_free() as u64 * st.fragment_size() as u64)
+}
+
 /// Whether `readdir` in `dir` reports entry types (`d_type`). Overlay upper directories need it.
 pub fn supports_d_type(dir: &Path) -> io::Result<bool> {
     let probe = tempfile_in(dir, ".d_type-probe")?;

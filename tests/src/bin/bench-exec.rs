@@ -210,6 +210,25 @@ fn bench(s: &Settings, scratch: &Path, fs: &str) -> Result<()> {
         registry.addr
     );
 
+    // CPU accounting: one cpuacct cgroup per tool, which this process joins before starting
+    // the tool, so the tool, its children and its containers are charged there.
+    let groups = CpuGroups::setup()?;
+    match &groups {
+        Some(g) => println!(
+            "cpu:     per tool, from cpuacct.usage of cgroup v1 {}/<tool> (the tool, its children and containers; podman gets --cgroup-parent={}/<tool>)",
+            g.base.display(),
+            g.rel
+        ),
+        None => println!("cpu:     not measured (no cgroup v1 cpuacct hierarchy is mounted)"),
+    }
+    let enter = |tool: Tool| -> Result<()> {
+        match &groups {
+            Some(g) => g.enter(tool.name()),
+            None => Ok(()),
+        }
+    };
+    let usage = |tool: Tool| -> Option<Duration> { groups.as_ref()?.usage(tool.name()).ok() };
+
     // Set-up, untimed: the engine started and the image pulled once; the runc bundle unpacked
     // once; the image loaded into podman once.
     let mut engine = None;
@@ -218,6 +237,8 @@ fn bench(s: &Settings, scratch: &Path, fs: &str) -> Result<()> {
     for tool in &s.tools {
         match tool {
             Tool::Engine if engine.is_none() => {
+                // The engine, and with it its execs, lives in the engine's group.
+                enter(Tool::Engine)?;
                 let started = Instant::now();
                 let e = EngineProc::start(s, &scratch.join("engine"))?;
                 let ready = started.elapsed();
@@ -294,6 +315,8 @@ fn bench(s: &Settings, scratch: &Path, fs: &str) -> Result<()> {
         order.rotate_left(shift);
         let mut line = Vec::new();
         for tool in order {
+            enter(tool)?;
+            let cpu_before = usage(tool);
             let took = match tool {
                 Tool::Engine => {
                     let e = engine.as_mut().expect("set up");
@@ -307,13 +330,27 @@ fn bench(s: &Settings, scratch: &Path, fs: &str) -> Result<()> {
                     .as_ref()
                     .expect("set up")
                     .run(s, &format!("bx-{nonce}-{round}"))?,
-                Tool::PodmanNone => podman.as_ref().expect("set up").run(s, &reference, true)?,
-                Tool::Podman => podman.as_ref().expect("set up").run(s, &reference, false)?,
+                Tool::PodmanNone | Tool::Podman => {
+                    let parent = groups
+                        .as_ref()
+                        .map(|g| format!("{}/{}", g.rel, tool.name()));
+                    podman.as_ref().expect("set up").run(
+                        s,
+                        &reference,
+                        tool == Tool::PodmanNone,
+                        parent.as_deref(),
+                    )?
+                }
             };
-            line.push(format!("{} {:>5.1}", tool.name(), ms(took.wall)));
+            let spent = cpu_before
+                .zip(usage(tool))
+                .map(|(before, after)| after.saturating_sub(before));
+            line.push(format!("{} {:>5.1}", tool.name(), ms(took)));
             if timed {
-                times.entry(tool).or_default().push(ms(took.wall));
-                cpu.entry(tool).or_default().push(ms(took.cpu));
+                times.entry(tool).or_default().push(ms(took));
+                if let Some(c) = spent {
+                    cpu.entry(tool).or_default().push(ms(c));
+                }
             }
         }
         println!("  {label}: {} ms", line.join(", "));
@@ -323,8 +360,14 @@ fn bench(s: &Settings, scratch: &Path, fs: &str) -> Result<()> {
     if let Some(e) = engine.as_mut() {
         e.stop()?;
     }
+    drop(podman);
     if !profiles.is_empty() {
-        print_profile(&profiles, times.get(&Tool::Runc));
+        print_profile(
+            &profiles,
+            times.get(&Tool::Runc),
+            cpu.get(&Tool::Engine),
+            cpu.get(&Tool::Runc),
+        );
     }
 
     // Summary.
@@ -334,9 +377,12 @@ fn bench(s: &Settings, scratch: &Path, fs: &str) -> Result<()> {
         s.runs, s.disk
     );
     for (t, st) in &stats {
-        let c = cpu.get(t).map_or(0.0, |v| Stats::of(v).median);
+        let c = cpu.get(t).map_or("-".to_string(), |v| {
+            let c = Stats::of(v);
+            format!("{:.1} ms (p90 {:.1})", c.median, c.p90)
+        });
         println!(
-            "  {:<11} median {:>6.1} ms  p90 {:>6.1}  min {:>6.1}  max {:>6.1}  (CPU user+sys median {c:.0} ms)",
+            "  {:<11} median {:>6.1} ms  p90 {:>6.1}  min {:>6.1}  max {:>6.1}   CPU median {c}",
             t.name(),
             st.median,
             st.p90,
@@ -345,13 +391,23 @@ fn bench(s: &Settings, scratch: &Path, fs: &str) -> Result<()> {
         );
     }
     if let Some(ours) = stats.get(&Tool::Engine) {
+        let cpu_ratio = |other: Tool| -> String {
+            match (cpu.get(&Tool::Engine), cpu.get(&other)) {
+                (Some(a), Some(b)) => {
+                    let (a, b) = (Stats::of(a).median, Stats::of(b).median);
+                    format!("; CPU {a:.1}/{b:.1} = {:.2}", a / b)
+                }
+                _ => String::new(),
+            }
+        };
         if let Some(runc) = stats.get(&Tool::Runc) {
             let r = ours.median / runc.median;
             println!(
-                "  ours/runc        = {:.1}/{:.1} = {r:.2} (p90 {:.2}; goal <= {GOAL_RATIO}: {})",
+                "  ours/runc        = {:.1}/{:.1} = {r:.2} (p90 {:.2}{}; goal <= {GOAL_RATIO}: {})",
                 ours.median,
                 runc.median,
                 ours.p90 / runc.p90,
+                cpu_ratio(Tool::Runc),
                 if r <= GOAL_RATIO {
                     "met".to_string()
                 } else {
@@ -369,26 +425,19 @@ fn bench(s: &Settings, scratch: &Path, fs: &str) -> Result<()> {
         ] {
             if let Some(p) = stats.get(&tool) {
                 println!(
-                    "  {label} = {:.1}/{:.1} = {:.2} (p90 {:.2})",
+                    "  {label} = {:.1}/{:.1} = {:.2} (p90 {:.2}{})",
                     ours.median,
                     p.median,
                     ours.median / p.median,
-                    ours.p90 / p.p90
+                    ours.p90 / p.p90,
+                    cpu_ratio(tool)
                 );
             }
         }
     }
-    drop(podman);
     drop(registry);
+    drop(groups);
     Ok(())
-}
-
-/// One run: wall time, and the CPU time (user + system) spent meanwhile by the process doing
-/// the work and the children it waited for.
-#[derive(Clone, Copy)]
-struct Measured {
-    wall: Duration,
-    cpu: Duration,
 }
 
 struct Stats {
@@ -432,51 +481,35 @@ fn first_line(out: &std::process::Output) -> String {
         .to_string()
 }
 
-/// /proc times are in USER_HZ, which is 100 on Linux.
-fn ticks(t: u64) -> Duration {
-    Duration::from_millis(t * 10)
+/// CPU time of a running process (all its threads, including exited ones; not its children),
+/// from its CPU-time clock: nanosecond resolution, unlike the ticks of /proc/<pid>/stat.
+fn process_cpu(pid: u32) -> Option<Duration> {
+    use nix::libc;
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: plain system calls writing only to the two locals passed by pointer.
+    let rc = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
+    if rc != 0 {
+        return None;
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: as above.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
-/// Fields of /proc/<pid>/stat after the command name (the first is field 3, the state).
-fn stat_fields(path: &str) -> Result<Vec<u64>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
-    let rest = text
-        .rsplit_once(')')
-        .with_context(|| format!("bad {path}"))?
-        .1;
-    Ok(rest
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect())
-}
-
-/// CPU time of a running process and of the children it waited for (utime + stime + cutime +
-/// cstime): for the engine, that includes the runc processes of its execs.
-fn process_cpu(pid: u32) -> Result<Duration> {
-    let f = stat_fields(&format!("/proc/{pid}/stat"))?;
-    // utime, stime, cutime, cstime are fields 14-17: indexes 11-14 from field 3.
-    Ok(ticks(f[11] + f[12] + f[13] + f[14]))
-}
-
-/// CPU time of this process's waited-for children (cutime + cstime), so far.
-fn children_cpu() -> Duration {
-    stat_fields("/proc/self/stat")
-        .map(|f| ticks(f[13] + f[14]))
-        .unwrap_or_default()
-}
-
-/// Runs `cmd` with stdin from /dev/null and both outputs captured, and times it.
-fn timed(cmd: &mut Command, what: &str) -> Result<Measured> {
+/// Runs `cmd` with stdin from /dev/null and both outputs captured; its wall time.
+fn timed(cmd: &mut Command, what: &str) -> Result<Duration> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let cpu = children_cpu();
     let started = Instant::now();
     let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
-    let took = Measured {
-        wall: started.elapsed(),
-        cpu: children_cpu().saturating_sub(cpu),
-    };
+    let took = started.elapsed();
     ensure!(
         out.status.success(),
         "{what} failed ({}):\n{}{}",
@@ -516,6 +549,112 @@ fn remove_tree(dir: &Path) -> Result<()> {
     std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))
 }
 
+// ---- CPU accounting ----------------------------------------------------------------------------
+
+/// `bench-exec-<pid>/<tool>` cgroups in the cgroup v1 cpuacct hierarchy. This process joins a
+/// tool's group before starting the tool (outside the timed window: moving a process between
+/// v1 cgroups can wait for an RCU grace period), so the tool's processes, their children and the
+/// containers runc creates below its own cgroup are all charged there; `cpuacct.usage` is in
+/// nanoseconds, unlike the 10 ms ticks of /proc/<pid>/stat. On drop this process goes back to
+/// its own cgroup and every `bench-exec-<pid>` directory (in any hierarchy, since podman's
+/// --cgroup-parent creates it in all of them) is removed.
+struct CpuGroups {
+    /// `<cpuacct mount>/<own cgroup>/bench-exec-<pid>`.
+    base: PathBuf,
+    /// The same, relative to the hierarchy's root (`/bench-exec-<pid>` when this process sits
+    /// in the root cgroup): podman's `--cgroup-parent`.
+    rel: String,
+    /// This process's own cgroup directory in the cpuacct hierarchy.
+    home: PathBuf,
+}
+
+impl CpuGroups {
+    fn setup() -> Result<Option<CpuGroups>> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let Some(mount) = mountinfo.lines().find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mut r = right.split(' ');
+            let (fstype, _src, opts) = (r.next()?, r.next()?, r.next()?);
+            (fstype == "cgroup" && opts.split(',').any(|o| o == "cpuacct"))
+                .then(|| unescape_mount(left.split(' ').nth(4).unwrap_or_default()))
+        }) else {
+            return Ok(None);
+        };
+        let own = std::fs::read_to_string("/proc/self/cgroup")?
+            .lines()
+            .find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+                ctrls
+                    .split(',')
+                    .any(|c| c == "cpuacct")
+                    .then(|| path.to_string())
+            })
+            .context("/proc/self/cgroup has no cpuacct line")?;
+        let rel = format!(
+            "{}/bench-exec-{}",
+            own.trim_end_matches('/'),
+            std::process::id()
+        );
+        let home = mount.join(own.trim_start_matches('/'));
+        let base = mount.join(rel.trim_start_matches('/'));
+        std::fs::create_dir_all(&base)
+            .with_context(|| format!("cannot create cgroup {}", base.display()))?;
+        Ok(Some(CpuGroups { base, rel, home }))
+    }
+
+    fn enter(&self, group: &str) -> Result<()> {
+        let dir = self.base.join(group);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create cgroup {}", dir.display()))?;
+        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+            .with_context(|| format!("cannot join cgroup {}", dir.display()))
+    }
+
+    fn usage(&self, group: &str) -> Result<Duration> {
+        let path = self.base.join(group).join("cpuacct.usage");
+        let text = std::fs::read_to_string(&path)?;
+        Ok(Duration::from_nanos(text.trim().parse()?))
+    }
+}
+
+impl Drop for CpuGroups {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            self.home.join("cgroup.procs"),
+            std::process::id().to_string(),
+        );
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mountinfo.lines() {
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            if !matches!(right.split(' ').next(), Some("cgroup" | "cgroup2")) {
+                continue;
+            }
+            let mount = unescape_mount(left.split(' ').nth(4).unwrap_or_default());
+            let top = mount.join(self.rel.trim_start_matches('/'));
+            if top.is_dir() {
+                remove_cgroup_tree(&top);
+            }
+        }
+    }
+}
+
+/// Removes a cgroup directory and its descendants, deepest first (cgroups go with rmdir only).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(dir) {
+        eprintln!("bench-exec: cannot remove cgroup {}: {e}", dir.display());
+    }
+}
+
 // ---- raw runc ----------------------------------------------------------------------------------
 
 struct RuncBundle {
@@ -552,7 +691,7 @@ impl RuncBundle {
     }
 
     /// `runc run` with a fresh container id; runc deletes the container when it exits.
-    fn run(&self, s: &Settings, id: &str) -> Result<Measured> {
+    fn run(&self, s: &Settings, id: &str) -> Result<Duration> {
         timed(
             Command::new(&s.runc)
                 .arg("--root")
@@ -570,6 +709,7 @@ impl RuncBundle {
 
 /// A private podman store (graphroot and configuration on the measured disk) holding the image.
 struct PodmanStore {
+    podman: PathBuf,
     dir: PathBuf,
     root: PathBuf,
     runroot: PathBuf,
@@ -627,6 +767,7 @@ impl PodmanStore {
         std::fs::write(dir.join("registries.conf"), "")?;
         std::fs::write(dir.join("auth.json"), "{}")?;
         let store = PodmanStore {
+            podman: s.podman.clone(),
             dir: dir.to_path_buf(),
             root,
             runroot,
@@ -667,8 +808,18 @@ impl PodmanStore {
         cmd
     }
 
-    fn run(&self, s: &Settings, reference: &str, no_network: bool) -> Result<Measured> {
+    fn run(
+        &self,
+        s: &Settings,
+        reference: &str,
+        no_network: bool,
+        cgroup_parent: Option<&str>,
+    ) -> Result<Duration> {
+        let parent_arg = cgroup_parent.map(|p| format!("--cgroup-parent={p}"));
         let mut args = vec!["run", "--rm", "--pull=never"];
+        if let Some(a) = &parent_arg {
+            args.push(a);
+        }
         if no_network {
             args.push("--network=none");
         }
@@ -681,9 +832,9 @@ impl PodmanStore {
 }
 
 impl Drop for PodmanStore {
-    /// Removes containers a failed run may have left (and with them their overlay mounts).
+    /// Removes containers a failed run may have left (and with them their mounts).
     fn drop(&mut self) {
-        let _ = Command::new("podman")
+        let _ = Command::new(&self.podman)
             .env("CONTAINERS_CONF", &self.conf)
             .env("CONTAINERS_STORAGE_CONF", &self.storage_conf)
             .arg("--root")
@@ -691,17 +842,7 @@ impl Drop for PodmanStore {
             .arg("--runroot")
             .arg(&self.runroot)
             .args(["--storage-driver", "overlay", "rm", "--all", "--force"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("podman")
-            .env("CONTAINERS_CONF", &self.conf)
-            .env("CONTAINERS_STORAGE_CONF", &self.storage_conf)
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--runroot")
-            .arg(&self.runroot)
-            .args(["--storage-driver", "overlay", "system", "reset", "--force"])
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -773,10 +914,6 @@ impl EngineProc {
         Ok(text)
     }
 
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
     fn query(&self, query: &str) -> Result<serde_json::Value> {
         let body = serde_json::json!({ "query": query }).to_string();
         let (status, answer) = post(&self.socket, &body, RUN_TIMEOUT)
@@ -808,23 +945,24 @@ impl EngineProc {
     }
 
     /// One `withExec(["/bin/true", tag])`; its timing and the engine's log lines for it.
-    fn exec(&mut self, reference: &str, tag: &str) -> Result<(Measured, ExecProfile)> {
+    fn exec(&mut self, reference: &str, tag: &str) -> Result<(Duration, ExecProfile)> {
         let query = format!(
             r#"{{ container {{ from(address: "{reference}") {{ withExec(args: ["/bin/true", "{tag}"]) {{ exitCode }} }} }} }}"#
         );
         self.new_log()?;
-        let pid = self.pid();
-        let cpu = process_cpu(pid)?;
+        let pid = self.child.as_ref().expect("running").id();
+        let cpu_before = process_cpu(pid);
         let started = Instant::now();
         let v = self.query(&query)?;
-        let took = Measured {
-            wall: started.elapsed(),
-            cpu: process_cpu(pid)?.saturating_sub(cpu),
-        };
+        let took = started.elapsed();
+        let cpu_after = process_cpu(pid);
         let code = &v["data"]["container"]["from"]["withExec"]["exitCode"];
         ensure!(*code == 0, "withExec answered exitCode {code}: {v}");
         let mut profile = ExecProfile::parse(&self.new_log()?);
-        profile.client_us = took.wall.as_micros() as f64;
+        profile.client_us = took.as_micros() as f64;
+        profile.engine_cpu_us = cpu_before
+            .zip(cpu_after)
+            .map(|(b, a)| a.saturating_sub(b).as_micros() as f64);
         ensure!(
             profile.fields.contains_key("exec timing"),
             "the engine logged no \"exec timing\" line for run {tag}: was the exec cached? log:\n{}",
@@ -955,6 +1093,8 @@ struct ExecProfile {
     fields: BTreeMap<&'static str, BTreeMap<String, f64>>,
     /// The client's round trip, in microseconds.
     client_us: f64,
+    /// CPU time of the engine process itself (all its threads, not its children).
+    engine_cpu_us: Option<f64>,
 }
 
 /// The messages parsed, in the order the engine logs them.
@@ -994,7 +1134,12 @@ impl ExecProfile {
 }
 
 /// Medians over the timed runs of each phase, nested as the work is, in milliseconds.
-fn print_profile(profiles: &[ExecProfile], runc: Option<&Vec<f64>>) {
+fn print_profile(
+    profiles: &[ExecProfile],
+    runc: Option<&Vec<f64>>,
+    engine_cpu: Option<&Vec<f64>>,
+    runc_cpu: Option<&Vec<f64>>,
+) {
     let med = |message: &str, key: &str| -> Option<f64> {
         let v: Vec<f64> = profiles
             .iter()
@@ -1114,6 +1259,23 @@ fn print_profile(profiles: &[ExecProfile], runc: Option<&Vec<f64>>) {
             "  engine overhead around runc: {:.2} ms of {:.2} ms (client round trip minus runc run)",
             client - r,
             client
+        );
+    }
+    let own: Vec<f64> = profiles
+        .iter()
+        .filter_map(|p| p.engine_cpu_us)
+        .map(|us| us / 1000.0)
+        .collect();
+    if let (Some(total), false) = (engine_cpu, own.is_empty()) {
+        let total = Stats::of(total).median;
+        let own = Stats::of(&own).median;
+        println!(
+            "  CPU per exec (medians): {total:.2} ms in the engine's cgroup = engine process {own:.2} ms + runc, tini and /bin/true (and the client) {:.2} ms{}",
+            total - own,
+            runc_cpu.map_or(String::new(), |r| format!(
+                "; raw runc run: {:.2} ms",
+                Stats::of(r).median
+            ))
         );
     }
     println!();

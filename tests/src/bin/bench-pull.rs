@@ -230,6 +230,8 @@ fn run() -> Result<()> {
 
     let mut times: BTreeMap<Tool, Vec<f64>> = BTreeMap::new();
     let mut cpu: BTreeMap<Tool, Vec<f64>> = BTreeMap::new();
+    let mut podman_startup: Vec<f64> = Vec::new();
+    let mut podman_cache: Option<String> = None;
     let mut profiles: Vec<EngineProfile> = Vec::new();
     let mut snapshotter = None;
     for round in 0..s.warmup + s.runs {
@@ -256,7 +258,14 @@ fn run() -> Result<()> {
                     }
                     took
                 }
-                Tool::Podman => podman_pull(&s, &dir, &reference)?,
+                Tool::Podman => {
+                    let (took, notes) = podman_pull(&s, &dir, &reference)?;
+                    if timed {
+                        podman_startup.push(ms(notes.startup.wall));
+                    }
+                    podman_cache = Some(notes.blob_info_cache);
+                    took
+                }
                 Tool::Skopeo => skopeo_copy(&s, &dir, &reference)?,
             };
             remove_tree(&dir)?;
@@ -276,6 +285,9 @@ fn run() -> Result<()> {
     println!();
     if let Some(line) = &snapshotter {
         println!("engine log: {line}");
+    }
+    if let Some(cache) = &podman_cache {
+        println!("podman's blob-info cache: {cache}; skopeo's: {SYSTEM_BLOB_INFO_CACHE} (deleted before each run)");
     }
 
     // Where the engine's time went.
@@ -302,6 +314,12 @@ fn run() -> Result<()> {
             "  {:<7} median {m:>6.0} ms  (min {lo:.0}, max {hi:.0}; CPU user+sys median {c:.0} ms)  {}",
             t.name(),
             t.describe()
+        );
+    }
+    if !podman_startup.is_empty() {
+        println!(
+            "  (podman's time includes its own start-up: `podman images` on an empty store takes a median {:.0} ms; the engine's start-up is not in its time, see bench/foundation.sh)",
+            median(&podman_startup)
         );
     }
     if let Some((_, ours, _)) = med.get(&Tool::Engine) {
@@ -497,7 +515,16 @@ fn skopeo_copy(s: &Settings, dir: &Path, reference: &str) -> Result<Measured> {
     Ok(took)
 }
 
-fn podman_pull(s: &Settings, dir: &Path, reference: &str) -> Result<Measured> {
+/// What a podman run measured besides the pull.
+struct PodmanNotes {
+    /// `podman images` on another fresh, empty store: podman's own start-up, which its pull
+    /// time includes (the engine's start-up is not in the engine's time).
+    startup: Measured,
+    /// Where podman kept its blob-info cache.
+    blob_info_cache: String,
+}
+
+fn podman_pull(s: &Settings, dir: &Path, reference: &str) -> Result<(Measured, PodmanNotes)> {
     let _ = std::fs::remove_file(SYSTEM_BLOB_INFO_CACHE);
     let (root, tmp) = (dir.join("root"), dir.join("tmp"));
     for d in [&root, &tmp] {
@@ -528,13 +555,13 @@ fn podman_pull(s: &Settings, dir: &Path, reference: &str) -> Result<Measured> {
             runroot.display()
         ),
     )?;
-    let run_podman = |args: &[&str]| -> Result<(Measured, std::process::Output)> {
+    let run_podman = |args: &[&str], root: &Path| -> Result<(Measured, std::process::Output)> {
         let mut cmd = Command::new(&s.podman);
         containers_env(&mut cmd, dir)?;
         cmd.env("CONTAINERS_CONF", &conf)
             .env("CONTAINERS_STORAGE_CONF", &storage)
             .arg("--root")
-            .arg(&root)
+            .arg(root)
             .arg("--runroot")
             .arg(&runroot)
             .args([
@@ -553,16 +580,36 @@ fn podman_pull(s: &Settings, dir: &Path, reference: &str) -> Result<Measured> {
         };
         Ok((took, out))
     };
-    let (took, _) = run_podman(&["pull", "--quiet", "--tls-verify=false", reference])?;
-    let (_, images) = run_podman(&["images", "--noheading", "--format", "{{.Repository}}"])?;
+    let (took, _) = run_podman(&["pull", "--quiet", "--tls-verify=false", reference], &root)?;
+    let (_, images) = run_podman(
+        &["images", "--noheading", "--format", "{{.Repository}}"],
+        &root,
+    )?;
     ensure!(
         String::from_utf8_lossy(&images.stdout).contains(REPO),
         "podman images does not list the pulled image: {}",
         String::from_utf8_lossy(&images.stdout)
     );
+    let store_cache = root.join("cache/blob-info-cache-v1.boltdb");
+    let blob_info_cache = if store_cache.is_file() {
+        format!("{} (fresh per run)", store_cache.display())
+    } else if Path::new(SYSTEM_BLOB_INFO_CACHE).is_file() {
+        format!("{SYSTEM_BLOB_INFO_CACHE} (deleted before each run)")
+    } else {
+        "none found".to_string()
+    };
+    let empty_root = dir.join("empty-root");
+    std::fs::create_dir_all(&empty_root)?;
+    let (startup, _) = run_podman(&["images", "--quiet"], &empty_root)?;
     remove_tree(&runroot)?;
     drop(runroot_dir);
-    Ok(took)
+    Ok((
+        took,
+        PodmanNotes {
+            startup,
+            blob_info_cache,
+        },
+    ))
 }
 
 // ---- the engine ------------------------------------------------------------------------------
