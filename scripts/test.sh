@@ -38,4 +38,4 @@ fi
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo build --locked --workspace --bins
-cargo test --locked --workspace
+cargo test --locked --workspace --no-fail-fast
