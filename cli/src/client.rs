@@ -46,20 +46,9 @@ impl Client {
     /// Sends one GraphQL document and returns the JSON answer, whatever its status.
     pub async fn query(&self, document: &str) -> anyhow::Result<Answer> {
         let body = serde_json::to_vec(&serde_json::json!({ "query": document }))?;
-        let (status, bytes) = match &self.endpoint {
-            Endpoint::Unix(path) => {
-                let stream = UnixStream::connect(path).await.with_context(|| {
-                    format!("cannot connect to the engine at {}", self.endpoint)
-                })?;
-                post(stream, "localhost", body).await?
-            }
-            Endpoint::Tcp(hostport) => {
-                let stream = TcpStream::connect(hostport).await.with_context(|| {
-                    format!("cannot connect to the engine at {}", self.endpoint)
-                })?;
-                post(stream, hostport, body).await?
-            }
-        };
+        let (status, bytes) = self
+            .send(hyper::Method::POST, "/query", "application/json", body)
+            .await?;
         let body = serde_json::from_slice(&bytes).with_context(|| {
             format!(
                 "the engine at {} answered HTTP {status} with a body that is not JSON: {}",
@@ -68,6 +57,39 @@ impl Client {
             )
         })?;
         Ok(Answer { status, body })
+    }
+
+    /// One HTTP request to the engine on a fresh connection: the status and the whole body.
+    pub async fn send(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<(u16, Bytes)> {
+        let request = |host: &str| {
+            Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header(hyper::header::HOST, host)
+                .header(hyper::header::CONTENT_TYPE, content_type)
+                .header(hyper::header::ACCEPT, "application/json")
+                .body(Full::new(Bytes::from(body.clone())))
+        };
+        match &self.endpoint {
+            Endpoint::Unix(p) => {
+                let stream = UnixStream::connect(p).await.with_context(|| {
+                    format!("cannot connect to the engine at {}", self.endpoint)
+                })?;
+                exchange(stream, request("localhost")?).await
+            }
+            Endpoint::Tcp(hostport) => {
+                let stream = TcpStream::connect(hostport).await.with_context(|| {
+                    format!("cannot connect to the engine at {}", self.endpoint)
+                })?;
+                exchange(stream, request(hostport)?).await
+            }
+        }
     }
 
     /// Whether an engine answers `{ version }` here within `timeout`.
@@ -80,7 +102,7 @@ impl Client {
     }
 }
 
-async fn post<S>(stream: S, host: &str, body: Vec<u8>) -> anyhow::Result<(u16, Bytes)>
+async fn exchange<S>(stream: S, request: Request<Full<Bytes>>) -> anyhow::Result<(u16, Bytes)>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -90,11 +112,6 @@ where
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let request = Request::post("/query")
-        .header(hyper::header::HOST, host)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(hyper::header::ACCEPT, "application/json")
-        .body(Full::new(Bytes::from(body)))?;
     let response = sender
         .send_request(request)
         .await

@@ -2,6 +2,7 @@
 
 mod client;
 mod connect;
+mod host;
 mod run;
 mod runner_host;
 mod session;

@@ -11,7 +11,7 @@
 use crate::client::{Client, Endpoint};
 use anyhow::Context as _;
 use base64::Engine as _;
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt as _, Either, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -35,6 +35,13 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 const ENGINE_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 
 type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// What goes to the engine: the client's body streamed, or a `/query` body read to check it
+/// for host access.
+type UpstreamBody = Either<Incoming, Full<Bytes>>;
+
+/// Cap on a `/query` body the proxy reads (the engine's own cap).
+const MAX_QUERY_BYTES: usize = 64 << 20;
 
 /// `dagger session [anything...]`: the arguments are accepted and ignored (`--label`,
 /// `--workdir`, `--project`, `--load-workspace-modules`, and whatever later SDKs add).
@@ -121,6 +128,8 @@ pub struct Session {
 struct Shared {
     endpoint: Endpoint,
     token: String,
+    /// For host uploads (see [`crate::host`]).
+    client: Client,
 }
 
 impl Session {
@@ -153,6 +162,7 @@ impl Session {
         let shared = Arc::new(Shared {
             endpoint: client.endpoint.clone(),
             token: token.clone(),
+            client: client.clone(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let (alive, finished) = mpsc::channel(1);
@@ -217,7 +227,7 @@ async fn serve_connection(
     mut stop: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
 ) {
-    let upstream: Arc<Mutex<Option<SendRequest<Incoming>>>> = Arc::new(Mutex::new(None));
+    let upstream: Arc<Mutex<Option<SendRequest<UpstreamBody>>>> = Arc::new(Mutex::new(None));
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let upstream = upstream.clone();
@@ -242,7 +252,7 @@ async fn serve_connection(
 async fn handle(
     req: Request<Incoming>,
     shared: &Shared,
-    upstream: &Mutex<Option<SendRequest<Incoming>>>,
+    upstream: &Mutex<Option<SendRequest<UpstreamBody>>>,
 ) -> Response<ProxyBody> {
     if !authorized(req.headers(), &shared.token) {
         let mut resp = error_response(
@@ -256,6 +266,27 @@ async fn handle(
     let req = match upstream_request(req, &shared.endpoint) {
         Ok(r) => r,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, &format!("bad request: {e}")),
+    };
+    let req = if req.method() == hyper::Method::POST && req.uri().path() == "/query" {
+        let (parts, body) = req.into_parts();
+        let bytes = match http_body_util::Limited::new(body, MAX_QUERY_BYTES)
+            .collect()
+            .await
+        {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read the request body: {e}"),
+                )
+            }
+        };
+        if let Some(answer) = host_answer(&bytes, &shared.client).await {
+            return json_response(&answer);
+        }
+        Request::from_parts(parts, Either::Right(Full::new(bytes)))
+    } else {
+        req.map(Either::Left)
     };
     let mut slot = upstream.lock().await;
     match forward(req, &shared.endpoint, &mut slot).await {
@@ -275,9 +306,9 @@ async fn handle(
 /// old one was closed. A request the old connection never wrote out is retried once on a
 /// fresh one; one that may have reached the engine is not (a query can have side effects).
 async fn forward(
-    mut req: Request<Incoming>,
+    mut req: Request<UpstreamBody>,
     endpoint: &Endpoint,
-    slot: &mut Option<SendRequest<Incoming>>,
+    slot: &mut Option<SendRequest<UpstreamBody>>,
 ) -> anyhow::Result<Response<Incoming>> {
     let mut fresh_connection = false;
     loop {
@@ -308,7 +339,7 @@ async fn forward(
     }
 }
 
-async fn open_upstream(endpoint: &Endpoint) -> anyhow::Result<SendRequest<Incoming>> {
+async fn open_upstream(endpoint: &Endpoint) -> anyhow::Result<SendRequest<UpstreamBody>> {
     let cannot = || format!("cannot connect to the engine at {endpoint}");
     match endpoint {
         Endpoint::Unix(path) => handshake(UnixStream::connect(path).await.with_context(cannot)?)
@@ -322,7 +353,7 @@ async fn open_upstream(endpoint: &Endpoint) -> anyhow::Result<SendRequest<Incomi
     }
 }
 
-async fn handshake<S>(stream: S) -> hyper::Result<SendRequest<Incoming>>
+async fn handshake<S>(stream: S) -> hyper::Result<SendRequest<UpstreamBody>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -358,6 +389,35 @@ fn upstream_request(
         HeaderValue::from_str(host).context("invalid engine host")?,
     );
     Ok(Request::from_parts(parts, body))
+}
+
+/// The answer to a `/query` body that uses `host`, served here (see [`crate::host`]); `None`
+/// for everything else, which goes to the engine.
+async fn host_answer(body: &[u8], client: &Client) -> Option<serde_json::Value> {
+    // Cheap check first: almost every query is forwarded untouched.
+    if !body.windows(4).any(|w| w == b"host") {
+        return None;
+    }
+    let request: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let query = request["query"].as_str()?;
+    match crate::host::scan(query) {
+        crate::host::HostQuery::NotHost => None,
+        crate::host::HostQuery::Unsupported(message) => Some(serde_json::json!({
+            "data": null,
+            "errors": [{ "message": message }],
+        })),
+        crate::host::HostQuery::Call(call) => Some(crate::host::serve(&call, client).await),
+    }
+}
+
+/// A GraphQL answer (HTTP 200, errors included, as the engine does).
+fn json_response(value: &serde_json::Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(value.to_string()))));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 /// Headers that describe one HTTP hop; hyper sets its own for each side.

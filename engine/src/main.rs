@@ -133,6 +133,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             gc_settings,
             state.root().to_path_buf(),
         );
+        let uploads = server::upload_routes(solver.clone());
         let api = api::Api::new(api::ApiState {
             default_platform: oci::Platform::host(),
             solver,
@@ -148,7 +149,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             "engine ready, listening on {}",
             names.join(", ")
         );
-        server::serve(listeners, server::router(api), shutdown).await;
+        server::serve(listeners, server::router(api).merge(uploads), shutdown).await;
         if let Some(task) = gc_task {
             task.abort();
         }

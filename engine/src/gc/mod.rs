@@ -510,10 +510,9 @@ impl Gc {
                 pending = false;
                 last_run = Instant::now();
                 freed_nothing = self.auto("operations finished").await;
-            } else if self.under_pressure()
+            } else if (pending || !freed_nothing) // else: same records, same answer
                 && last_pressure.is_none_or(|t| t.elapsed() >= PRESSURE_THROTTLE)
-                // The same records as last time would give the same answer.
-                && !(freed_nothing && !pending)
+                && self.under_pressure()
             {
                 last_pressure = Some(Instant::now());
                 last_run = Instant::now();

@@ -2,8 +2,10 @@
 //! address, JSON for every answer, graceful shutdown.
 
 mod http;
+mod upload;
 
 pub use http::router;
+pub use upload::routes as upload_routes;
 
 use crate::config::{GrpcConfig, ListenAddr};
 use crate::error::{Classify, ErrorKind};

@@ -458,7 +458,7 @@ impl Solver {
             .await?;
         match memo {
             super::Memo::Tree(t) => Ok(t.snapshot.clone()),
-            super::Memo::Container(_) => Err(SolveError::Internal("memo type mismatch".into())),
+            _ => Err(SolveError::Internal("memo type mismatch".into())),
         }
     }
 

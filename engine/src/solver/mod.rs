@@ -13,7 +13,7 @@ mod cache_volumes;
 mod change;
 mod digest;
 mod exec;
-mod filter;
+pub mod filter;
 pub mod fs;
 pub mod id;
 pub mod node;

@@ -273,8 +273,6 @@ pub struct Copier<'a> {
     attrs: Attrs,
     decide: &'a mut dyn FnMut(&str, &Meta) -> io::Result<Decision>,
     links: HashMap<(u64, u64), PathBuf>,
-    /// Entries written.
-    pub copied: u64,
 }
 
 impl<'a> Copier<'a> {
@@ -289,7 +287,6 @@ impl<'a> Copier<'a> {
             attrs,
             decide,
             links: HashMap::new(),
-            copied: 0,
         }
     }
 
@@ -318,7 +315,7 @@ impl<'a> Copier<'a> {
                         src: sub.try_clone()?,
                     });
                     if d == Decision::Copy {
-                        ensure(&self.base, &mut self.levels, &mut self.copied)?;
+                        ensure(&self.base, &mut self.levels)?;
                     }
                     self.walk(sub.as_fd(), &path)?;
                     if let Some(level) = self.levels.pop() {
@@ -330,7 +327,7 @@ impl<'a> Copier<'a> {
                 }
                 (_, Decision::Descend) | (FileKind::Socket | FileKind::Unknown, _) => {}
                 (_, Decision::Copy) => {
-                    let parent = ensure(&self.base, &mut self.levels, &mut self.copied)?;
+                    let parent = ensure(&self.base, &mut self.levels)?;
                     copy_entry(
                         src,
                         &name,
@@ -341,7 +338,6 @@ impl<'a> Copier<'a> {
                         &self.base,
                         &mut self.links,
                     )?;
-                    self.copied += 1;
                 }
             }
         }
@@ -350,11 +346,7 @@ impl<'a> Copier<'a> {
 }
 
 /// The destination directory for the innermost pending level, creating the pending ones.
-fn ensure<'b>(
-    base: &'b OwnedFd,
-    levels: &'b mut [Level],
-    copied: &mut u64,
-) -> io::Result<BorrowedFd<'b>> {
+fn ensure<'b>(base: &'b OwnedFd, levels: &'b mut [Level]) -> io::Result<BorrowedFd<'b>> {
     for i in 0..levels.len() {
         if levels[i].fd.is_some() {
             continue;
@@ -377,7 +369,6 @@ fn ensure<'b>(
             }
         };
         rest[0].fd = Some(fd);
-        *copied += 1;
     }
     Ok(levels
         .last()

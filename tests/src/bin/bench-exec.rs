@@ -183,6 +183,7 @@ fn run() -> Result<()> {
     );
     let s = settings()?;
     let fs = describe_fs(&s.parent);
+    println!("machine: {}", machine());
     println!("engine:  {}", s.engine_bin.display());
     println!(
         "state:   BENCH_DISK={} - engine root, runc bundle + --root and podman storage under {} ({fs})",
@@ -435,9 +436,39 @@ fn bench(s: &Settings, scratch: &Path, fs: &str) -> Result<()> {
             }
         }
     }
+    println!("  machine at the end: {}", machine());
     drop(registry);
     drop(groups);
     Ok(())
+}
+
+/// CPUs, load average and this process's nice value (other engineers' builds share the CPUs).
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    // Field 19 of /proc/self/stat: index 16 after the command name.
+    let nice = stat_fields("/proc/self/stat")
+        .ok()
+        .and_then(|f| f.get(16).copied())
+        .map_or("?".to_string(), |n| n.to_string());
+    format!(
+        "{cpus} CPUs, load average {} (1/5/15 min), nice {nice} (BENCH_NICE)",
+        load.join(" ")
+    )
+}
+
+/// Fields of /proc/<pid>/stat after the command name (the first is field 3, the state).
+fn stat_fields(path: &str) -> Result<Vec<i64>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    let rest = text
+        .rsplit_once(')')
+        .with_context(|| format!("bad {path}"))?
+        .1;
+    Ok(rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect())
 }
 
 struct Stats {
@@ -1133,33 +1164,27 @@ impl ExecProfile {
     }
 }
 
-/// Medians over the timed runs of each phase, nested as the work is, in milliseconds.
+/// Medians over the timed runs of each phase, nested as the work is, in milliseconds; then
+/// per-run differences (medians of differences, which under a noisy machine are not the
+/// differences of medians).
 fn print_profile(
     profiles: &[ExecProfile],
     runc: Option<&Vec<f64>>,
     engine_cpu: Option<&Vec<f64>>,
     runc_cpu: Option<&Vec<f64>>,
 ) {
-    let med = |message: &str, key: &str| -> Option<f64> {
+    let per_run = |f: &dyn Fn(&ExecProfile) -> Option<f64>| -> Option<Stats> {
         let v: Vec<f64> = profiles
             .iter()
-            .filter_map(|p| p.get(message, key))
+            .filter_map(f)
             .map(|us| us / 1000.0)
             .collect();
-        (!v.is_empty()).then(|| Stats::of(&v).median)
+        (!v.is_empty()).then(|| Stats::of(&v))
+    };
+    let med = |message: &'static str, key: &'static str| -> Option<f64> {
+        per_run(&|p: &ExecProfile| p.get(message, key)).map(|s| s.median)
     };
     let show = |v: Option<f64>| v.map_or("     -".to_string(), |v| format!("{v:>6.2}"));
-    let client = Stats::of(
-        &profiles
-            .iter()
-            .map(|p| p.client_us / 1000.0)
-            .collect::<Vec<_>>(),
-    )
-    .median;
-    let server = med("query", "elapsed_us");
-    let solve = med("exec solve timing", "total_us");
-    let run = med("exec timing", "run_us");
-    let runc_in_engine = med("executor timing", "runc_us");
     println!(
         "where the engine's time goes (medians over {} runs, ms; from its debug log, phases nested as they run):",
         profiles.len()
@@ -1168,14 +1193,18 @@ fn print_profile(
         (
             0,
             "client round trip (POST /query over the unix socket -> answer read)",
-            Some(client),
+            per_run(&|p: &ExecProfile| Some(p.client_us)).map(|s| s.median),
         ),
         (
             1,
             "GraphQL request in the server (parse, resolve, serialize)",
-            server,
+            med("query", "elapsed_us"),
         ),
-        (2, "withExec solve (cache lookup -> result recorded)", solve),
+        (
+            2,
+            "withExec solve (cache lookup -> result recorded)",
+            med("exec solve timing", "total_us"),
+        ),
         (
             3,
             "cache lookup (key, metadata get_result)",
@@ -1191,7 +1220,7 @@ fn print_profile(
             "network attach (netns, veth into the bridge, address, routes, resolv.conf/hosts)",
             med("exec timing", "attach_us"),
         ),
-        (3, "executor run", run),
+        (3, "executor run", med("exec timing", "run_us")),
         (
             4,
             "wait for an exec permit",
@@ -1212,11 +1241,15 @@ fn print_profile(
             "spec build + config.json write",
             med("executor timing", "spec_us"),
         ),
-        (4, "spawn runc", med("executor timing", "spawn_us")),
         (
             4,
             "runc run (spawn -> exit, output captured; tini + /bin/true inside)",
-            runc_in_engine,
+            med("executor timing", "runc_us"),
+        ),
+        (
+            5,
+            "of which spawning runc (fork, close_range, exec: until exec succeeded)",
+            med("executor timing", "spawn_us"),
         ),
         (
             4,
@@ -1242,36 +1275,54 @@ fn print_profile(
     for (depth, what, v) in rows {
         println!("  {}{} {what}", "  ".repeat(depth), show(v));
     }
-    if let (Some(server), Some(solve)) = (server, solve) {
+
+    // Per run: what the engine adds around runc, and what the phases above do not cover.
+    let runc_us = |p: &ExecProfile| p.get("executor timing", "runc_us");
+    let outside = per_run(&|p: &ExecProfile| Some(p.client_us - runc_us(p)?));
+    let solve_phases = [
+        ("exec solve timing", "lookup_us"),
+        ("exec timing", "prepare_us"),
+        ("exec timing", "attach_us"),
+        ("exec timing", "run_us"),
+        ("exec timing", "release_us"),
+        ("exec timing", "commit_us"),
+        ("exec solve timing", "record_us"),
+    ];
+    let unaccounted = per_run(&|p: &ExecProfile| {
+        let mut rest = p.get("exec solve timing", "total_us")?;
+        for (m, k) in solve_phases {
+            rest -= p.get(m, k)?;
+        }
+        Some(rest)
+    });
+    let above_solve =
+        per_run(&|p: &ExecProfile| Some(p.client_us - p.get("exec solve timing", "total_us")?));
+    if let Some(o) = &outside {
         println!(
-            "  outside the solve: {:.2} ms in GraphQL, {:.2} ms in HTTP + socket + client",
-            server - solve,
-            client - server
+            "  per run, the engine outside runc run (round trip minus runc run): median {:.2} ms, p90 {:.2}",
+            o.median, o.p90
         );
     }
-    if let (Some(r), Some(raw)) = (runc_in_engine, runc) {
+    if let (Some(a), Some(u)) = (&above_solve, &unaccounted) {
+        println!(
+            "  per run, HTTP + GraphQL + client around the solve: median {:.2} ms; inside the solve but between the phases above: median {:.2} ms",
+            a.median, u.median
+        );
+    }
+    if let (Some(r), Some(raw)) = (med("executor timing", "runc_us"), runc) {
         let raw = Stats::of(raw).median;
         println!(
-            "  runc run inside the engine vs raw runc: {r:.2} vs {raw:.2} ms ({:+.2} ms: the engine's spec: tini as PID 1, a pre-made netns, resolv.conf/hosts/init binds, masked paths, nested cgroup path, --log json)",
+            "  runc run inside the engine vs raw runc: {r:.2} vs {raw:.2} ms ({:+.2} ms; the engine's spec adds tini as PID 1 and three binds, and joins a netns made beforehand instead of creating one)",
             r - raw
         );
-        println!(
-            "  engine overhead around runc: {:.2} ms of {:.2} ms (client round trip minus runc run)",
-            client - r,
-            client
-        );
     }
-    let own: Vec<f64> = profiles
-        .iter()
-        .filter_map(|p| p.engine_cpu_us)
-        .map(|us| us / 1000.0)
-        .collect();
-    if let (Some(total), false) = (engine_cpu, own.is_empty()) {
+    let own = per_run(&|p: &ExecProfile| p.engine_cpu_us);
+    if let (Some(total), Some(own)) = (engine_cpu, own) {
         let total = Stats::of(total).median;
-        let own = Stats::of(&own).median;
         println!(
-            "  CPU per exec (medians): {total:.2} ms in the engine's cgroup = engine process {own:.2} ms + runc, tini and /bin/true (and the client) {:.2} ms{}",
-            total - own,
+            "  CPU per exec (medians): {total:.2} ms in the engine's cgroup = engine process {:.2} ms + runc, tini, /bin/true and the client {:.2} ms{}",
+            own.median,
+            total - own.median,
             runc_cpu.map_or(String::new(), |r| format!(
                 "; raw runc run: {:.2} ms",
                 Stats::of(r).median

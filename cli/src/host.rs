@@ -1,0 +1,844 @@
+//! Host access for the session proxy: `{ host { directory(path: ...) { id } } }` and
+//! `{ host { file(path: ...) { id } } }` are answered here, next to the client's files.
+//!
+//! The engine may be remote and never reads the client's disk. The proxy reads the path
+//! (relative to the session's working directory), packs it into a deterministic tar, asks the
+//! engine whether it already holds that tar (`GET /upload/<sha256>`), uploads it otherwise
+//! (`POST /upload`), and answers the SDK with the Directory or File ID the engine returned.
+//!
+//! Only that shape is served, which is the one the SDKs send (they resolve a host object to an
+//! ID in a query of its own). Any other use of `host` gets a GraphQL error.
+
+use crate::client::Client;
+use anyhow::{bail, Context as _};
+use dagger_engine::solver::filter::{Decision, Filter};
+use serde_json::{json, Value};
+use sha2::Digest as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+/// Cap on one upload (the engine refuses larger bodies too).
+const MAX_TAR_BYTES: usize = 1 << 30;
+
+// ---------------------------------------------------------------------------------------
+// The query scanner
+// ---------------------------------------------------------------------------------------
+
+/// What a GraphQL document asks of `host`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostQuery {
+    /// No top-level `host` field: forward the request to the engine.
+    NotHost,
+    /// `{ host { directory(...) { id } } }` or `file(...)`.
+    Call(HostCall),
+    /// Uses `host` in a way the proxy does not serve: answer this GraphQL error.
+    Unsupported(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostObject {
+    Directory {
+        path: String,
+        include: Vec<String>,
+        exclude: Vec<String>,
+    },
+    File {
+        path: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCall {
+    /// Response keys: the alias when there is one, else the field name.
+    pub host_key: String,
+    pub field_key: String,
+    pub id_key: String,
+    pub object: HostObject,
+}
+
+impl HostCall {
+    /// The GraphQL answer for `id`.
+    pub fn answer(&self, id: &str) -> Value {
+        let mut id_obj = serde_json::Map::new();
+        id_obj.insert(self.id_key.clone(), json!(id));
+        let mut field = serde_json::Map::new();
+        field.insert(self.field_key.clone(), Value::Object(id_obj));
+        let mut host = serde_json::Map::new();
+        host.insert(self.host_key.clone(), Value::Object(field));
+        json!({ "data": Value::Object(host) })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Name(String),
+    Str(String),
+    Punct(char),
+    /// Numbers, `...`, `$`: anything the served shape never contains.
+    Other(String),
+}
+
+fn lex(src: &str) -> Result<Vec<Tok>, String> {
+    let b: Vec<char> = src.chars().collect();
+    let mut i = 0;
+    let mut out = Vec::new();
+    while i < b.len() {
+        let c = b[i];
+        if c.is_whitespace() || c == ',' || c == '\u{feff}' {
+            i += 1;
+        } else if c == '#' {
+            while i < b.len() && b[i] != '\n' && b[i] != '\r' {
+                i += 1;
+            }
+        } else if c == '_' || c.is_ascii_alphabetic() {
+            let start = i;
+            while i < b.len() && (b[i] == '_' || b[i].is_ascii_alphanumeric()) {
+                i += 1;
+            }
+            out.push(Tok::Name(b[start..i].iter().collect()));
+        } else if c == '"' {
+            if b.get(i + 1) == Some(&'"') && b.get(i + 2) == Some(&'"') {
+                return Err("block strings are not supported in host queries".into());
+            }
+            i += 1;
+            let mut s = String::new();
+            loop {
+                let Some(&c) = b.get(i) else {
+                    return Err("unterminated string".into());
+                };
+                i += 1;
+                match c {
+                    '"' => break,
+                    '\n' | '\r' => return Err("unterminated string".into()),
+                    '\\' => {
+                        let Some(&e) = b.get(i) else {
+                            return Err("unterminated string".into());
+                        };
+                        i += 1;
+                        match e {
+                            '"' => s.push('"'),
+                            '\\' => s.push('\\'),
+                            '/' => s.push('/'),
+                            'b' => s.push('\u{8}'),
+                            'f' => s.push('\u{c}'),
+                            'n' => s.push('\n'),
+                            'r' => s.push('\r'),
+                            't' => s.push('\t'),
+                            'u' => {
+                                let hex: String = b.get(i..i + 4).unwrap_or(&[]).iter().collect();
+                                let code = u32::from_str_radix(&hex, 16)
+                                    .ok()
+                                    .filter(|_| hex.len() == 4)
+                                    .ok_or("bad \\u escape")?;
+                                i += 4;
+                                s.push(char::from_u32(code).ok_or("bad \\u escape")?);
+                            }
+                            _ => return Err(format!("bad escape \\{e}")),
+                        }
+                    }
+                    c => s.push(c),
+                }
+            }
+            out.push(Tok::Str(s));
+        } else if "{}()[]:=@!".contains(c) {
+            out.push(Tok::Punct(c));
+            i += 1;
+        } else if c == '.' && b.get(i + 1) == Some(&'.') && b.get(i + 2) == Some(&'.') {
+            out.push(Tok::Other("...".into()));
+            i += 3;
+        } else if c == '-' || c.is_ascii_digit() {
+            let start = i;
+            i += 1;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || "+-.".contains(b[i])) {
+                i += 1;
+            }
+            out.push(Tok::Other(b[start..i].iter().collect()));
+        } else {
+            out.push(Tok::Other(c.to_string()));
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Val {
+    Str(String),
+    List(Vec<Val>),
+    Bool(bool),
+    /// Variables, numbers, enums, objects, null: nothing the served arguments take.
+    Other,
+}
+
+#[derive(Debug)]
+struct Field {
+    alias: Option<String>,
+    name: String,
+    args: Vec<(String, Val)>,
+    selections: Vec<Field>,
+    /// Fragments or directives appeared: not a plain selection.
+    fancy: bool,
+}
+
+impl Field {
+    fn key(&self) -> &str {
+        self.alias.as_deref().unwrap_or(&self.name)
+    }
+}
+
+struct Parser {
+    toks: Vec<Tok>,
+    pos: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos)
+    }
+    fn next(&mut self) -> Option<Tok> {
+        let t = self.toks.get(self.pos).cloned();
+        self.pos += 1;
+        t
+    }
+    fn eat(&mut self, c: char) -> bool {
+        if self.peek() == Some(&Tok::Punct(c)) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn expect(&mut self, c: char) -> Result<(), String> {
+        if self.eat(c) {
+            Ok(())
+        } else {
+            Err(format!("expected {c:?}"))
+        }
+    }
+    fn name(&mut self) -> Result<String, String> {
+        match self.next() {
+            Some(Tok::Name(n)) => Ok(n),
+            t => Err(format!("expected a name, found {t:?}")),
+        }
+    }
+
+    /// `{ field ... }` (the `{` not yet consumed).
+    fn selection_set(&mut self) -> Result<Vec<Field>, String> {
+        self.expect('{')?;
+        let mut fields = Vec::new();
+        while !self.eat('}') {
+            fields.push(self.field()?);
+        }
+        Ok(fields)
+    }
+
+    fn field(&mut self) -> Result<Field, String> {
+        let mut fancy = false;
+        if let Some(Tok::Other(o)) = self.peek() {
+            if o == "..." {
+                return Err("fragments are not supported in host queries".into());
+            }
+        }
+        let first = self.name()?;
+        let (alias, name) = if self.eat(':') {
+            (Some(first), self.name()?)
+        } else {
+            (None, first)
+        };
+        let mut args = Vec::new();
+        if self.eat('(') {
+            while !self.eat(')') {
+                let arg = self.name()?;
+                self.expect(':')?;
+                args.push((arg, self.value()?));
+            }
+        }
+        while self.eat('@') {
+            fancy = true;
+            self.name()?;
+            if self.eat('(') {
+                while !self.eat(')') {
+                    self.name()?;
+                    self.expect(':')?;
+                    self.value()?;
+                }
+            }
+        }
+        let selections = if self.peek() == Some(&Tok::Punct('{')) {
+            self.selection_set()?
+        } else {
+            Vec::new()
+        };
+        Ok(Field {
+            alias,
+            name,
+            args,
+            selections,
+            fancy,
+        })
+    }
+
+    fn value(&mut self) -> Result<Val, String> {
+        match self.next() {
+            Some(Tok::Str(s)) => Ok(Val::Str(s)),
+            Some(Tok::Name(n)) if n == "true" => Ok(Val::Bool(true)),
+            Some(Tok::Name(n)) if n == "false" => Ok(Val::Bool(false)),
+            Some(Tok::Name(_)) => Ok(Val::Other),
+            Some(Tok::Other(o)) if o == "$" => {
+                self.name()?;
+                Ok(Val::Other)
+            }
+            Some(Tok::Other(_)) => Ok(Val::Other),
+            Some(Tok::Punct('[')) => {
+                let mut items = Vec::new();
+                while !self.eat(']') {
+                    items.push(self.value()?);
+                }
+                Ok(Val::List(items))
+            }
+            Some(Tok::Punct('{')) => {
+                while !self.eat('}') {
+                    self.name()?;
+                    self.expect(':')?;
+                    self.value()?;
+                }
+                Ok(Val::Other)
+            }
+            t => Err(format!("expected a value, found {t:?}")),
+        }
+    }
+}
+
+/// Finds what `query` asks of `host`. Cheap when the text does not mention `host`.
+pub fn scan(query: &str) -> HostQuery {
+    if !query.contains("host") {
+        return HostQuery::NotHost;
+    }
+    let toks = match lex(query) {
+        Ok(t) => t,
+        // The engine reports syntax errors better.
+        Err(_) => return HostQuery::NotHost,
+    };
+    let mut p = Parser { toks, pos: 0 };
+    // `query Name($v: T) { ... }` or `{ ... }`; mutations and fragments go to the engine.
+    if let Some(Tok::Name(n)) = p.peek() {
+        if n != "query" {
+            return HostQuery::NotHost;
+        }
+        p.pos += 1;
+        if let Some(Tok::Name(_)) = p.peek() {
+            p.pos += 1;
+        }
+        if p.eat('(') {
+            let mut depth = 1;
+            while depth > 0 {
+                match p.next() {
+                    Some(Tok::Punct('(')) => depth += 1,
+                    Some(Tok::Punct(')')) => depth -= 1,
+                    None => return HostQuery::NotHost,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let top = match p.selection_set() {
+        Ok(t) => t,
+        // Something the scanner does not follow: the engine reports syntax errors, unless the
+        // document uses `host`, which the engine does not serve.
+        Err(e) if p.toks.contains(&Tok::Name("host".into())) => {
+            return HostQuery::Unsupported(format!(
+                "this use of Query.host is not served by this dagger session ({e})"
+            ))
+        }
+        Err(_) => return HostQuery::NotHost,
+    };
+    if !top.iter().any(|f| f.name == "host") {
+        return HostQuery::NotHost;
+    }
+    let unsupported = |what: &str| {
+        HostQuery::Unsupported(format!(
+            "{what} is not served by this dagger session: host directories and files are resolved \
+         one at a time, as `{{ host {{ directory(path: \"...\") {{ id }} }} }}` or \
+         `{{ host {{ file(path: \"...\") {{ id }} }} }}`"
+        ))
+    };
+    if p.peek().is_some() {
+        return unsupported("a document with several operations or fragments using host");
+    }
+    if top.len() != 1 {
+        return unsupported("host combined with other fields in one query");
+    }
+    let host = &top[0];
+    if host.fancy || !host.args.is_empty() {
+        return unsupported("this use of Query.host");
+    }
+    if host.selections.len() != 1 {
+        return unsupported("selecting several Host fields at once");
+    }
+    let field = &host.selections[0];
+    if !matches!(field.name.as_str(), "directory" | "file") {
+        return unsupported(&format!("Host.{}", field.name));
+    }
+    if field.fancy
+        || field.selections.len() != 1
+        || field.selections[0].name != "id"
+        || field.selections[0].fancy
+        || !field.selections[0].selections.is_empty()
+    {
+        return unsupported(&format!(
+            "selecting anything but `id` on Host.{}",
+            field.name
+        ));
+    }
+    let mut path = None;
+    let mut include = Vec::new();
+    let mut exclude = Vec::new();
+    for (name, value) in &field.args {
+        match (field.name.as_str(), name.as_str(), value) {
+            (_, "path", Val::Str(s)) => path = Some(s.clone()),
+            ("directory", "include" | "exclude", Val::List(items)) => {
+                let mut strings = Vec::new();
+                for item in items {
+                    match item {
+                        Val::Str(s) => strings.push(s.clone()),
+                        _ => {
+                            return unsupported(&format!(
+                                "a non-string item in Host.directory({name})"
+                            ))
+                        }
+                    }
+                }
+                if name == "include" {
+                    include = strings;
+                } else {
+                    exclude = strings;
+                }
+            }
+            ("directory", "include" | "exclude", Val::Str(s)) => {
+                // GraphQL input coercion: a single value is a list of one.
+                if name == "include" {
+                    include = vec![s.clone()];
+                } else {
+                    exclude = vec![s.clone()];
+                }
+            }
+            // Every read is fresh here: there is nothing to skip.
+            (_, "noCache", Val::Bool(_)) => {}
+            ("directory", "gitignore", Val::Bool(false)) => {}
+            _ => {
+                return unsupported(&format!(
+                    "argument {name} (with this value) of Host.{}",
+                    field.name
+                ))
+            }
+        }
+    }
+    let Some(path) = path else {
+        return unsupported(&format!("Host.{} without a string path", field.name));
+    };
+    let object = if field.name == "directory" {
+        HostObject::Directory {
+            path,
+            include,
+            exclude,
+        }
+    } else {
+        HostObject::File { path }
+    };
+    HostQuery::Call(HostCall {
+        host_key: host.key().to_string(),
+        field_key: field.key().to_string(),
+        id_key: field.selections[0].key().to_string(),
+        object,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Packing
+// ---------------------------------------------------------------------------------------
+
+/// Resolves `path` against the session's working directory.
+fn host_path(path: &str) -> anyhow::Result<PathBuf> {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    Ok(std::env::current_dir()
+        .context("reading the session's working directory")?
+        .join(p))
+}
+
+fn header_for(meta: &std::fs::Metadata, kind: tar::EntryType, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(meta.permissions().mode() & 0o7777);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(meta.mtime().max(0) as u64);
+    h.set_size(size);
+    h
+}
+
+/// The tar the upload format cannot carry: names the engine would take for whiteouts.
+fn check_name(rel: &str) -> anyhow::Result<()> {
+    let base = rel.rsplit('/').next().unwrap_or(rel);
+    if base.starts_with(".wh.") {
+        bail!("cannot upload {rel:?}: names starting with .wh. are reserved for layer whiteouts");
+    }
+    Ok(())
+}
+
+enum Item {
+    Dir(String, std::fs::Metadata),
+    File(String, PathBuf),
+    Symlink(String, std::fs::Metadata, PathBuf),
+}
+
+/// Entries under `dir` (relative names under `prefix`), sorted, filtered, never following a
+/// symlink (a link is packed as a link, whatever it points to).
+fn collect(dir: &Path, prefix: &str, filter: &Filter, out: &mut Vec<Item>) -> anyhow::Result<()> {
+    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    names.sort();
+    for name in names {
+        let Some(name_str) = name.to_str() else {
+            bail!(
+                "cannot upload {:?}: file names must be UTF-8",
+                dir.join(&name)
+            );
+        };
+        let rel = if prefix.is_empty() {
+            name_str.to_string()
+        } else {
+            format!("{prefix}/{name_str}")
+        };
+        let full = dir.join(&name);
+        let meta = std::fs::symlink_metadata(&full)
+            .with_context(|| format!("reading {}", full.display()))?;
+        let ft = meta.file_type();
+        let decision = filter.decide(&rel, ft.is_dir());
+        if decision == Decision::Skip {
+            continue;
+        }
+        if ft.is_dir() {
+            let mut children = Vec::new();
+            collect(&full, &rel, filter, &mut children)?;
+            if decision == Decision::Copy || !children.is_empty() {
+                check_name(&rel)?;
+                out.push(Item::Dir(rel, meta));
+                out.extend(children);
+            }
+        } else if decision == Decision::Copy {
+            check_name(&rel)?;
+            if ft.is_symlink() {
+                let target = std::fs::read_link(&full)
+                    .with_context(|| format!("reading the link {}", full.display()))?;
+                out.push(Item::Symlink(rel, meta, target));
+            } else if ft.is_file() {
+                out.push(Item::File(rel, full));
+            }
+            // Sockets, fifos and devices are not uploaded.
+        }
+    }
+    Ok(())
+}
+
+fn pack(items: Vec<Item>) -> anyhow::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.mode(tar::HeaderMode::Complete);
+    let mut total: u64 = 0;
+    for item in items {
+        match item {
+            Item::Dir(rel, meta) => {
+                let mut h = header_for(&meta, tar::EntryType::Directory, 0);
+                b.append_data(&mut h, format!("{rel}/"), std::io::empty())?;
+            }
+            Item::Symlink(rel, meta, target) => {
+                let mut h = header_for(&meta, tar::EntryType::Symlink, 0);
+                b.append_link(&mut h, &rel, &target)?;
+            }
+            Item::File(rel, full) => {
+                let f = std::fs::File::open(&full)
+                    .with_context(|| format!("opening {}", full.display()))?;
+                // Metadata from the open file, so size and contents agree.
+                let meta = f.metadata()?;
+                total += meta.len();
+                if total > MAX_TAR_BYTES as u64 {
+                    bail!(
+                        "the host directory is larger than the upload cap ({MAX_TAR_BYTES} bytes)"
+                    );
+                }
+                let mut h = header_for(&meta, tar::EntryType::Regular, meta.len());
+                b.append_data(&mut h, &rel, std::io::Read::take(f, meta.len()))
+                    .with_context(|| format!("reading {}", full.display()))?;
+            }
+        }
+    }
+    Ok(b.into_inner()?)
+}
+
+/// The tar of a host directory, with `include`/`exclude` applied as `withDirectory` does.
+pub fn pack_directory(
+    root: &Path,
+    include: &[String],
+    exclude: &[String],
+) -> anyhow::Result<Vec<u8>> {
+    let meta = std::fs::metadata(root).with_context(|| format!("reading {}", root.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory", root.display());
+    }
+    let filter = Filter::new(include, exclude).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut items = Vec::new();
+    collect(root, "", &filter, &mut items)?;
+    pack(items)
+}
+
+/// The tar of one host file, under its base name (which it returns).
+pub fn pack_file(path: &Path) -> anyhow::Result<(String, Vec<u8>)> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow::anyhow!("{} has no UTF-8 file name", path.display()))?
+        .to_string();
+    check_name(&name)?;
+    let tar = pack(vec![Item::File(name.clone(), path.to_path_buf())])?;
+    Ok((name, tar))
+}
+
+// ---------------------------------------------------------------------------------------
+// Serving
+// ---------------------------------------------------------------------------------------
+
+/// Packs, uploads unless the engine already has the tar, and returns the GraphQL answer.
+pub async fn serve(call: &HostCall, client: &Client) -> Value {
+    match resolve(call, client).await {
+        Ok(id) => call.answer(&id),
+        Err(e) => json!({
+            "data": null,
+            "errors": [{ "message": format!("{e:#}"), "path": [call.host_key, call.field_key] }],
+        }),
+    }
+}
+
+async fn resolve(call: &HostCall, client: &Client) -> anyhow::Result<String> {
+    let object = call.object.clone();
+    let (file, tar) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        match &object {
+            HostObject::Directory {
+                path,
+                include,
+                exclude,
+            } => Ok((None, pack_directory(&host_path(path)?, include, exclude)?)),
+            HostObject::File { path } => {
+                let (name, tar) = pack_file(&host_path(path)?)?;
+                Ok((Some(name), tar))
+            }
+        }
+    })
+    .await??;
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&tar)));
+    let query = match &file {
+        Some(name) => format!(
+            "?file={}",
+            url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
+        ),
+        None => String::new(),
+    };
+    let (status, body) = client
+        .send(
+            hyper::Method::GET,
+            &format!("/upload/{digest}{query}"),
+            "application/json",
+            Vec::new(),
+        )
+        .await?;
+    let (status, body) = if status == 404 {
+        client
+            .send(
+                hyper::Method::POST,
+                &format!("/upload{query}"),
+                "application/x-tar",
+                tar,
+            )
+            .await?
+    } else {
+        (status, body)
+    };
+    let answer: Value = serde_json::from_slice(&body).with_context(|| {
+        format!("the engine answered the upload with HTTP {status} and a body that is not JSON")
+    })?;
+    if status != 200 {
+        bail!(
+            "uploading to the engine failed (HTTP {status}): {}",
+            answer["errors"][0]["message"]
+                .as_str()
+                .unwrap_or("no message")
+        );
+    }
+    let key = if file.is_some() { "file" } else { "directory" };
+    answer[key]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| anyhow::anyhow!("the engine's upload answer has no {key} ID: {answer}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(q: &str) -> HostCall {
+        match scan(q) {
+            HostQuery::Call(c) => c,
+            other => panic!("{q}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sdk_shapes_are_recognised() {
+        // Python (aliases everywhere) and TypeScript, as captured.
+        let py = call(
+            "{\n  host {\n    directory: directory(path: \".\") {\n      id: id\n    }\n  }\n}",
+        );
+        assert_eq!(
+            py.object,
+            HostObject::Directory {
+                path: ".".into(),
+                include: vec![],
+                exclude: vec![]
+            }
+        );
+        let ts = call("\n      { host  { directory (path: \".\") { id  } } }\n    ");
+        assert_eq!(ts.object, py.object);
+        assert_eq!(
+            ts.answer("X"),
+            json!({"data": {"host": {"directory": {"id": "X"}}}})
+        );
+        let c = call(
+            r#"query Q { h: host { d: directory(path: "a\"b", include: ["*.txt", "sub/**"], exclude: "x", noCache: true) { i: id } } }"#,
+        );
+        assert_eq!(
+            c.object,
+            HostObject::Directory {
+                path: "a\"b".into(),
+                include: vec!["*.txt".into(), "sub/**".into()],
+                exclude: vec!["x".into()]
+            }
+        );
+        assert_eq!(c.answer("X"), json!({"data": {"h": {"d": {"i": "X"}}}}));
+        assert_eq!(
+            call(r#"{ host { file(path: "/etc/hostname") { id } } }"#).object,
+            HostObject::File {
+                path: "/etc/hostname".into()
+            }
+        );
+    }
+
+    #[test]
+    fn other_documents_are_forwarded() {
+        for q in [
+            "{ version }",
+            r#"{ container { from(address: "alpine") { withEnvVariable(name: "host", value: "host") { id } } } }"#,
+            r#"{ directory { withNewFile(path: "host", contents: "x") { id } } }"#,
+            "mutation { host }",
+            "{ unterminated \"host",
+        ] {
+            assert_eq!(scan(q), HostQuery::NotHost, "{q}");
+        }
+    }
+
+    #[test]
+    fn other_host_uses_are_refused_clearly() {
+        for (q, what) in [
+            (
+                r#"{ host { unixSocket(path: "/x") { id } } }"#,
+                "Host.unixSocket",
+            ),
+            (
+                r#"{ host { directory(path: ".") { entries } } }"#,
+                "anything but `id`",
+            ),
+            (
+                r#"{ host { directory(path: $p) { id } } }"#,
+                "argument path",
+            ),
+            (
+                r#"{ host { directory(path: ".", gitignore: true) { id } } }"#,
+                "argument gitignore",
+            ),
+            (
+                r#"{ version host { directory(path: ".") { id } } }"#,
+                "other fields",
+            ),
+            (
+                r#"{ host { directory(path: ".") { id } file(path: "x") { id } } }"#,
+                "several",
+            ),
+        ] {
+            match scan(q) {
+                HostQuery::Unsupported(m) => assert!(m.contains(what), "{q}: {m}"),
+                other => panic!("{q}: {other:?}"),
+            }
+        }
+    }
+
+    fn names(tar: &[u8]) -> Vec<(String, tar::EntryType, Option<String>)> {
+        let mut a = tar::Archive::new(tar);
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    e.header().entry_type(),
+                    e.link_name()
+                        .unwrap()
+                        .map(|l| l.to_string_lossy().into_owned()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn packing_filters_keeps_links_and_is_deterministic() {
+        let d = std::env::temp_dir().join(format!("dagger-host-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("sub/deep")).unwrap();
+        std::fs::create_dir_all(d.join("skip")).unwrap();
+        std::fs::write(d.join("a.txt"), "a").unwrap();
+        std::fs::write(d.join("b.log"), "b").unwrap();
+        std::fs::write(d.join("sub/deep/c.txt"), "c").unwrap();
+        std::fs::write(d.join("skip/d.txt"), "d").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.join("link.txt")).unwrap();
+        let all = pack_directory(&d, &[], &[]).unwrap();
+        assert_eq!(all, pack_directory(&d, &[], &[]).unwrap());
+        let got = names(&pack_directory(&d, &["**/*.txt".into()], &["skip".into()]).unwrap());
+        let simple: Vec<(&str, Option<&str>)> = got
+            .iter()
+            .map(|(n, _, l)| (n.as_str(), l.as_deref()))
+            .collect();
+        assert_eq!(
+            simple,
+            [
+                ("a.txt", None),
+                ("link.txt", Some("/etc/passwd")),
+                ("sub/", None),
+                ("sub/deep/", None),
+                ("sub/deep/c.txt", None),
+            ]
+        );
+        assert_eq!(got[1].1, tar::EntryType::Symlink);
+        let (name, tar) = pack_file(&d.join("a.txt")).unwrap();
+        assert_eq!(name, "a.txt");
+        assert_eq!(names(&tar).len(), 1);
+        std::fs::write(d.join(".wh.x"), "").unwrap();
+        assert!(pack_directory(&d, &[], &[]).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
