@@ -53,6 +53,9 @@ pub struct HostCall {
     pub host_key: String,
     pub field_key: String,
     pub id_key: String,
+    /// The selection set under the host field, when it is more than `{ id }`: sent to the
+    /// engine on `loadDirectoryFromID`/`loadFileFromID` once the upload is done.
+    pub forward: Option<String>,
     pub object: HostObject,
 }
 
@@ -78,12 +81,32 @@ enum Tok {
     Other(String),
 }
 
-fn lex(src: &str) -> Result<Vec<Tok>, String> {
+/// Where each token starts and ends, in chars of the document.
+type Spans = Vec<(usize, usize)>;
+
+/// The tokens, with each one's span in chars of `src`.
+fn lex(src: &str) -> Result<(Vec<Tok>, Spans), String> {
     let b: Vec<char> = src.chars().collect();
     let mut i = 0;
     let mut out = Vec::new();
+    let mut spans = Vec::new();
     while i < b.len() {
         let c = b[i];
+        let tok_start = i;
+        let before = out.len();
+        lex_one(&b, &mut i, c, &mut out)?;
+        if out.len() > before {
+            spans.push((tok_start, i));
+        }
+    }
+    Ok((out, spans))
+}
+
+/// Lexes the token (or skips the blank or comment) at `*i`, advancing `*i` past it.
+fn lex_one(b: &[char], i: &mut usize, c: char, out: &mut Vec<Tok>) -> Result<(), String> {
+    let i_ref = i;
+    let mut i = *i_ref;
+    {
         if c.is_whitespace() || c == ',' || c == '\u{feff}' {
             i += 1;
         } else if c == '#' {
@@ -158,7 +181,8 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
             i += 1;
         }
     }
-    Ok(out)
+    *i_ref = i;
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -176,6 +200,8 @@ struct Field {
     name: String,
     args: Vec<(String, Val)>,
     selections: Vec<Field>,
+    /// The selection set's text, braces included.
+    selection_text: Option<(usize, usize)>,
     /// Fragments or directives appeared: not a plain selection.
     fancy: bool,
 }
@@ -188,6 +214,7 @@ impl Field {
 
 struct Parser {
     toks: Vec<Tok>,
+    spans: Spans,
     pos: usize,
 }
 
@@ -264,8 +291,12 @@ impl Parser {
                 }
             }
         }
+        let mut selection_text = None;
         let selections = if self.peek() == Some(&Tok::Punct('{')) {
-            self.selection_set()?
+            let start = self.spans[self.pos].0;
+            let s = self.selection_set()?;
+            selection_text = Some((start, self.spans[self.pos - 1].1));
+            s
         } else {
             Vec::new()
         };
@@ -274,6 +305,7 @@ impl Parser {
             name,
             args,
             selections,
+            selection_text,
             fancy,
         })
     }
@@ -314,12 +346,16 @@ pub fn scan(query: &str) -> HostQuery {
     if !query.contains("host") {
         return HostQuery::NotHost;
     }
-    let toks = match lex(query) {
+    let (toks, spans) = match lex(query) {
         Ok(t) => t,
         // The engine reports syntax errors better.
         Err(_) => return HostQuery::NotHost,
     };
-    let mut p = Parser { toks, pos: 0 };
+    let mut p = Parser {
+        toks,
+        spans,
+        pos: 0,
+    };
     // `query Name($v: T) { ... }` or `{ ... }`; mutations and fragments go to the engine.
     if let Some(Tok::Name(n)) = p.peek() {
         if n != "query" {
@@ -379,17 +415,32 @@ pub fn scan(query: &str) -> HostQuery {
     if !matches!(field.name.as_str(), "directory" | "file") {
         return unsupported(&format!("Host.{}", field.name));
     }
-    if field.fancy
-        || field.selections.len() != 1
-        || field.selections[0].name != "id"
-        || field.selections[0].fancy
-        || !field.selections[0].selections.is_empty()
-    {
-        return unsupported(&format!(
-            "selecting anything but `id` on Host.{}",
-            field.name
-        ));
+    if field.fancy || field.selection_text.is_none() {
+        return unsupported(&format!("this selection on Host.{}", field.name));
     }
+    let id_only = field.selections.len() == 1
+        && field.selections[0].name == "id"
+        && !field.selections[0].fancy
+        && field.selections[0].args.is_empty()
+        && field.selections[0].selections.is_empty();
+    let forward = if id_only {
+        None
+    } else if p
+        .toks
+        .iter()
+        .any(|t| matches!(t, Tok::Other(o) if o == "$"))
+    {
+        return unsupported("variables in a host query");
+    } else {
+        let (start, end) = field.selection_text.expect("checked");
+        Some(
+            query
+                .chars()
+                .skip(start)
+                .take(end - start)
+                .collect::<String>(),
+        )
+    };
     let mut path = None;
     let mut include = Vec::new();
     let mut exclude = Vec::new();
@@ -449,6 +500,7 @@ pub fn scan(query: &str) -> HostQuery {
         host_key: host.key().to_string(),
         field_key: field.key().to_string(),
         id_key: field.selections[0].key().to_string(),
+        forward,
         object,
     })
 }
@@ -618,13 +670,66 @@ pub fn pack_file(path: &Path) -> anyhow::Result<(String, Vec<u8>)> {
 
 /// Packs, uploads unless the engine already has the tar, and returns the GraphQL answer.
 pub async fn serve(call: &HostCall, client: &Client) -> Value {
-    match resolve(call, client).await {
-        Ok(id) => call.answer(&id),
-        Err(e) => json!({
+    let id = resolve(call, client).await;
+    match (id, &call.forward) {
+        (Ok(id), None) => call.answer(&id),
+        (Ok(id), Some(selection)) => match forward(call, &id, selection, client).await {
+            Ok(v) => v,
+            Err(e) => json!({
+                "data": null,
+                "errors": [{ "message": format!("{e:#}"), "path": [call.host_key, call.field_key] }],
+            }),
+        },
+        (Err(e), _) => json!({
             "data": null,
             "errors": [{ "message": format!("{e:#}"), "path": [call.host_key, call.field_key] }],
         }),
     }
+}
+
+/// Runs the rest of the query on the uploaded object, re-nested under the client's keys.
+async fn forward(
+    call: &HostCall,
+    id: &str,
+    selection: &str,
+    client: &Client,
+) -> anyhow::Result<Value> {
+    let loader = match call.object {
+        HostObject::Directory { .. } => "loadDirectoryFromID",
+        HostObject::File { .. } => "loadFileFromID",
+    };
+    let document = format!(
+        "{{ {}: {loader}(id: {}) {selection} }}",
+        call.field_key,
+        json!(id)
+    );
+    let answer = client.query(&document).await?.body;
+    let mut out = serde_json::Map::new();
+    let data = &answer["data"];
+    out.insert(
+        "data".into(),
+        if data.is_object() {
+            json!({ call.host_key.clone(): data })
+        } else {
+            Value::Null
+        },
+    );
+    if let Some(errors) = answer["errors"].as_array() {
+        let errors: Vec<Value> = errors
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                if let Some(path) = e["path"].as_array() {
+                    let mut p = vec![json!(call.host_key)];
+                    p.extend(path.iter().cloned());
+                    e["path"] = Value::Array(p);
+                }
+                e
+            })
+            .collect();
+        out.insert("errors".into(), Value::Array(errors));
+    }
+    Ok(Value::Object(out))
 }
 
 async fn resolve(call: &HostCall, client: &Client) -> anyhow::Result<String> {
@@ -732,6 +837,18 @@ mod tests {
             }
         );
         assert_eq!(c.answer("X"), json!({"data": {"h": {"d": {"i": "X"}}}}));
+        assert_eq!(c.forward, None);
+        let f = call(
+            r#"{ host { d: directory(path: ".") { entries  file(path: "x") { contents } } } }"#,
+        );
+        assert_eq!(
+            f.forward.as_deref(),
+            Some(r#"{ entries  file(path: "x") { contents } }"#)
+        );
+        assert!(matches!(
+            scan(r#"query($p: String!) { host { directory(path: ".") { entries(path: $p) } } }"#),
+            HostQuery::Unsupported(_)
+        ));
         assert_eq!(
             call(r#"{ host { file(path: "/etc/hostname") { id } } }"#).object,
             HostObject::File {
@@ -759,10 +876,6 @@ mod tests {
             (
                 r#"{ host { unixSocket(path: "/x") { id } } }"#,
                 "Host.unixSocket",
-            ),
-            (
-                r#"{ host { directory(path: ".") { entries } } }"#,
-                "anything but `id`",
             ),
             (
                 r#"{ host { directory(path: $p) { id } } }"#,

@@ -189,3 +189,95 @@ fn host_file_and_unserved_host_fields() {
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.json()["errors"][0]["message"].is_string(), "{}", r.body);
 }
+
+#[test]
+fn host_chains_beyond_id_run_on_the_upload() {
+    let engine = Engine::start(EngineOptions::default());
+    let s = SessionProcess::start(&engine, &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    tree(tmp.path());
+    let path = tmp.path().display().to_string();
+    let v = host_id(
+        &s,
+        &format!(
+            r#"{{ h: host {{ d: directory(path: {path:?}, exclude: ["skip", "*.log"]) {{ e: entries c: file(path: "sub/deep/c.txt") {{ contents }} }} }} }}"#
+        ),
+    );
+    let d = &v["data"]["h"]["d"];
+    let mut e: Vec<&str> = d["e"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(|x| x.as_str().unwrap().trim_end_matches('/'))
+        .collect();
+    e.sort();
+    assert_eq!(e, ["a.txt", "link.txt", "sub"], "{v}");
+    assert_eq!(d["c"]["contents"], "gamma", "{v}");
+    // Engine errors come back with the client's path.
+    let v = host_id(
+        &s,
+        &format!(
+            r#"{{ host {{ directory(path: {path:?}) {{ file(path: "nope") {{ contents }} }} }} }}"#
+        ),
+    );
+    let err = &v["errors"][0];
+    assert_eq!(err["path"][0], "host", "{v}");
+    assert_eq!(err["path"][1], "directory", "{v}");
+}
+
+#[test]
+fn python_sdk_reads_host_directory_and_file() {
+    let py = python();
+    let engine = Engine::start(EngineOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    tree(tmp.path());
+    let script = r#"
+import anyio, dagger
+from dagger import dag
+
+async def main():
+    async with dagger.connection(dagger.Config(log_output=None)):
+        d = dag.host().directory(".", include=["**/*.txt"], exclude=["skip"])
+        print("ENTRIES=" + ",".join(sorted(await d.entries())))
+        print("C=" + await d.file("sub/deep/c.txt").contents())
+        print("F=" + await dag.host().file("a.txt").contents())
+        n = await dag.directory().with_directory("/in", d).file("/in/a.txt").contents()
+        print("N=" + n)
+
+anyio.run(main)
+"#;
+    let out = std::process::Command::new(bin("dagger"))
+        .arg("run")
+        .arg(&py)
+        .arg("-c")
+        .arg(script)
+        .current_dir(tmp.path())
+        .env("_EXPERIMENTAL_DAGGER_RUNNER_HOST", engine.runner_host())
+        .env(
+            "_EXPERIMENTAL_DAGGER_CLI_BIN",
+            "/nonexistent/dagger-must-not-run",
+        )
+        .env_remove("DAGGER_SESSION_PORT")
+        .env_remove("DAGGER_SESSION_TOKEN")
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&out.stdout);
+    let se = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "stdout:\n{so}\nstderr:\n{se}\nengine:\n{}",
+        engine.log()
+    );
+    assert!(so.contains("C=gamma"), "{so}");
+    assert!(so.contains("F=alpha"), "{so}");
+    assert!(so.contains("N=alpha"), "{so}");
+    let entries = so
+        .lines()
+        .find_map(|l| l.strip_prefix("ENTRIES="))
+        .unwrap_or_else(|| panic!("{so}"));
+    assert!(entries.contains("a.txt") && entries.contains("sub"), "{so}");
+    assert!(
+        !entries.contains("b.log") && !entries.contains("skip"),
+        "{so}"
+    );
+}

@@ -6,6 +6,7 @@ mod directory;
 mod engine;
 mod enums;
 mod git;
+mod host;
 mod node;
 mod query;
 mod scalars;

@@ -60,6 +60,11 @@ impl QueryRoot {
         })
     }
 
+    /// Queries the host environment (served by `dagger session`, see `api/host.rs`).
+    async fn host(&self) -> super::host::Host {
+        super::host::Host
+    }
+
     /// The Dagger engine container configuration and state
     async fn engine(&self) -> super::engine::Engine {
         super::engine::Engine

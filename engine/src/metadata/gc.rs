@@ -193,3 +193,147 @@ impl Tx<'_> {
             > 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::{MetadataError, ResultRecord, SnapshotKind, SnapshotState};
+    use crate::oci::Digest;
+    use std::time::Duration;
+
+    fn open() -> (tempfile::TempDir, Metadata) {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Metadata::open(&dir.path().join("m.db")).unwrap();
+        (dir, md)
+    }
+
+    fn snapshot(md: &Metadata, id: &str, parent: Option<&str>) {
+        md.insert_snapshot(
+            id,
+            parent,
+            SnapshotKind::Overlay,
+            SnapshotState::Committed,
+            None,
+            None,
+            1,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn labels_go_with_their_snapshot() {
+        let (_d, md) = open();
+        snapshot(&md, "s1", None);
+        md.label_snapshot("s1", "source.git.checkout", "git snapshot for x#y")
+            .unwrap();
+        md.label_snapshot("gone", "regular", "nothing").unwrap();
+        let labels = md.snapshot_labels().unwrap();
+        assert_eq!(labels.len(), 1);
+        assert_eq!(labels[0].1.record_type, "source.git.checkout");
+        md.with_tx(|tx| tx.remove_snapshot("s1")).unwrap();
+        assert!(md.snapshot_labels().unwrap().is_empty());
+    }
+
+    #[test]
+    fn leases_expire_and_last_used_only_moves_forward() {
+        let (_d, md) = open();
+        snapshot(&md, "s1", None);
+        let now = SystemTime::now();
+        md.create_lease("live", Some(now + Duration::from_secs(60)))
+            .unwrap();
+        md.create_lease("dead", Some(now - Duration::from_secs(60)))
+            .unwrap();
+        md.add_resource("live", ResourceKind::Snapshot, "s1")
+            .unwrap();
+        md.add_resource("dead", ResourceKind::Blob, "sha256:x")
+            .unwrap();
+        assert_eq!(
+            md.leased_resources(now).unwrap(),
+            vec![(ResourceKind::Snapshot, "s1".to_string())]
+        );
+        assert_eq!(md.delete_expired_leases(now).unwrap(), 1);
+
+        let later = now + Duration::from_secs(3600);
+        md.touch_snapshots_at(&[("s1".into(), later), ("unknown".into(), later)])
+            .unwrap();
+        md.touch_snapshots_at(&[("s1".into(), now - Duration::from_secs(3600))])
+            .unwrap();
+        let used = md.get_snapshot("s1").unwrap().unwrap().last_used_at;
+        assert!(used >= later - Duration::from_millis(1), "{used:?}");
+    }
+
+    #[test]
+    fn cache_volume_rows() {
+        let (_d, md) = open();
+        let t = SystemTime::now();
+        md.touch_cache_volume("abc", "go-mod", t).unwrap();
+        md.touch_cache_volume("abc", "go-mod", t - Duration::from_secs(10))
+            .unwrap();
+        let rows = md.cache_volumes().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].key, "go-mod");
+        assert!(rows[0].last_used_at >= t - Duration::from_millis(1));
+        assert!(md.delete_cache_volume("abc").unwrap());
+        assert!(md.cache_volumes().unwrap().is_empty());
+    }
+
+    #[test]
+    fn per_row_deletions() {
+        let (_d, md) = open();
+        snapshot(&md, "p", None);
+        snapshot(&md, "c", Some("p"));
+        let key = Digest::of(b"k");
+        md.put_result(
+            &key,
+            &ResultRecord {
+                kind: "exec".into(),
+                value: "{}".into(),
+                snapshot: Some("c".into()),
+            },
+        )
+        .unwrap();
+        md.with_tx(|tx| {
+            assert_eq!(tx.child_count("p")?, 1);
+            assert_eq!(tx.delete_results_of("c")?, 1);
+            assert!(tx.remove_snapshot("c")?);
+            assert_eq!(tx.child_count("p")?, 0);
+            assert!(!tx.delete_result_key(&key.to_string())?);
+            Ok::<_, MetadataError>(())
+        })
+        .unwrap();
+        assert_eq!(md.list_results().unwrap(), vec![]);
+    }
+
+    /// A snapshot directory that vanished takes its cached results with it at start-up,
+    /// instead of the results' foreign key failing the whole check.
+    #[test]
+    fn consistency_check_drops_results_of_missing_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Metadata::open(&dir.path().join("m.db")).unwrap();
+        let (blobs, snaps) = (dir.path().join("blobs"), dir.path().join("snapshots"));
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::create_dir_all(snaps.join("kept")).unwrap();
+        snapshot(&md, "kept", None);
+        snapshot(&md, "lost", None);
+        for (name, snap) in [("a", "kept"), ("b", "lost")] {
+            md.put_result(
+                &Digest::of(name.as_bytes()),
+                &ResultRecord {
+                    kind: "exec".into(),
+                    value: "{}".into(),
+                    snapshot: Some(snap.into()),
+                },
+            )
+            .unwrap();
+        }
+        let report = md.check_consistency(&blobs, &snaps).unwrap();
+        assert_eq!(report.removed_snapshots, vec!["lost".to_string()]);
+        let left: Vec<_> = md
+            .list_results()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.snapshot)
+            .collect();
+        assert_eq!(left, vec![Some("kept".to_string())]);
+    }
+}

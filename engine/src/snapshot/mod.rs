@@ -253,12 +253,11 @@ impl Snapshotter {
                 WhiteoutMode::Apply
             }
             (SnapshotKind::Native, Some(p)) => {
-                std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
                 let from = self.path_of(p).join("fs");
                 if self.meta.get_snapshot(p)?.is_none() || !from.is_dir() {
-                    let _ = std::fs::remove_dir_all(&dir);
                     return Err(SnapshotError::NotFound(p.clone()));
                 }
+                std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
                 copy_tree(&from, &fs).inspect_err(|_| {
                     let _ = std::fs::remove_dir_all(&dir);
                 })?;
