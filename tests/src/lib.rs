@@ -26,7 +26,11 @@ pub fn workspace() -> PathBuf {
 /// A binary built by `cargo build --workspace`, next to the test executable's `deps/` dir.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // Test binaries live in target/<profile>/deps, benchmark binaries in target/<profile>.
+    let mut dir = exe.parent().expect("target dir");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("target dir");
+    }
     let path = dir.join(name);
     assert!(
         path.is_file(),
@@ -71,6 +75,8 @@ pub struct Engine {
     pub socket: PathBuf,
     pub tcp_port: Option<u16>,
     pub log_path: PathBuf,
+    /// `--network-name`: the engine's bridge is `<name>0` and its nft table `<name>`.
+    pub network_name: String,
     child: Option<Child>,
 }
 
@@ -130,8 +136,9 @@ impl Engine {
                 .or_insert_with(|| NEXT_NETWORK.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
         };
         let pid = std::process::id();
+        let network_name = format!("dt{:x}{n:02x}", pid % 0xffff);
         cmd.arg("--network-name")
-            .arg(format!("dt{:x}{n:02x}", pid % 0xffff))
+            .arg(&network_name)
             .arg("--network-cidr")
             .arg(format!("10.{}.{}.0/24", 150 + pid % 50, n % 256));
         let tcp_port = opts.tcp.then(free_port);
@@ -166,6 +173,7 @@ impl Engine {
             socket,
             tcp_port,
             log_path,
+            network_name,
             child: Some(child),
         }
     }

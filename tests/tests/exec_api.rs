@@ -329,17 +329,18 @@ fn cancelled_query_kills_the_exec() {
 #[test]
 fn no_leaks_after_many_execs() {
     let mut f = fixture(INSECURE);
-    let links_before = Command::new("ip")
-        .args(["-o", "link"])
-        .output()
-        .unwrap()
-        .stdout
-        .len();
     for i in 0..20 {
         let c = f.run(&format!(r#"withExec(args: ["echo", "{i}"]) {{ stdout }}"#));
         assert_eq!(c["withExec"]["stdout"], format!("{i}\n"));
     }
     let root = f.engine.root.clone();
+    let bridge = format!("{}0", f.engine.network_name);
+    assert!(Command::new("ip")
+        .args(["link", "show", "dev", &bridge])
+        .output()
+        .unwrap()
+        .status
+        .success());
     assert!(f.engine.terminate().success());
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
@@ -347,13 +348,24 @@ fn no_leaks_after_many_execs() {
         "mounts left under {}",
         root.display()
     );
-    let links_after = Command::new("ip")
-        .args(["-o", "link"])
+    // This engine's own bridge (and with it every veth on it) and NAT table are gone; other
+    // engines' links on the machine are none of this test's business.
+    let link = Command::new("ip")
+        .args(["link", "show", "dev", &bridge])
         .output()
-        .unwrap()
-        .stdout
-        .len();
-    assert!(links_after <= links_before, "links left behind");
+        .unwrap();
+    assert!(!link.status.success(), "bridge {bridge} left behind");
+    let tables = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    let tables = String::from_utf8_lossy(&tables.stdout);
+    assert!(
+        !tables.lines().any(|l| l
+            .trim_end()
+            .ends_with(&format!(" {}", f.engine.network_name))),
+        "nft table left behind: {tables}"
+    );
     let netns = std::fs::read_dir(root.join("net"))
         .map(|d| d.count())
         .unwrap_or(0);

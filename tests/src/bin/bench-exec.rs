@@ -419,6 +419,18 @@ fn bench(s: &Settings, scratch: &Path, fs: &str) -> Result<()> {
                     )
                 }
             );
+            // Each round's engine and runc runs are close in time, so they share the machine's
+            // load; the median of the per-round ratios is less sensitive to load swings.
+            if let (Some(e), Some(r)) = (times.get(&Tool::Engine), times.get(&Tool::Runc)) {
+                let paired: Vec<f64> = e.iter().zip(r).map(|(e, r)| e / r).collect();
+                let p = Stats::of(&paired);
+                println!(
+                    "  ours/runc paired by round: median {:.2}, p90 {:.2} (the median of the {} per-round ratios)",
+                    p.median,
+                    p.p90,
+                    paired.len()
+                );
+            }
         }
         for (tool, label) in [
             (Tool::PodmanNone, "ours/podman-none"),
