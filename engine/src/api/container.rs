@@ -651,6 +651,39 @@ impl Container {
         self.config(ConfigChange::Label { name, value })
     }
 
+    /// Expose a network port. Metadata only: it is recorded in the image config (services,
+    /// which would use it, are not served).
+    async fn with_exposed_port(
+        &self,
+        port: i32,
+        #[graphql(default_with = "NetworkProtocol::Tcp")] protocol: NetworkProtocol,
+        description: Option<String>,
+    ) -> Result<Container> {
+        if !(1..=65535).contains(&port) {
+            return Err(super::gql_error(
+                crate::ErrorKind::InvalidArgument,
+                format!("port {port} is out of range 1-65535"),
+            ));
+        }
+        Ok(self.config(ConfigChange::ExposePort {
+            port,
+            protocol: protocol_name(protocol).into(),
+            description,
+        }))
+    }
+
+    /// Unexpose a previously exposed port.
+    async fn without_exposed_port(
+        &self,
+        port: i32,
+        #[graphql(default_with = "NetworkProtocol::Tcp")] protocol: NetworkProtocol,
+    ) -> Container {
+        self.config(ConfigChange::UnexposePort {
+            port,
+            protocol: protocol_name(protocol).into(),
+        })
+    }
+
     /// Retrieves this container minus the given label.
     async fn without_label(&self, name: String) -> Container {
         self.config(ConfigChange::NoLabel { name })
@@ -723,10 +756,8 @@ impl Container {
 
     /// Retrieves the list of exposed ports.
     async fn exposed_ports(&self, ctx: &Context<'_>) -> Result<Vec<Port>> {
-        Ok(self
-            .value(ctx)
-            .await?
-            .config
+        let v = self.value(ctx).await?;
+        Ok(v.config
             .exposed_ports
             .iter()
             .filter_map(|p| {
@@ -738,9 +769,16 @@ impl Container {
                     } else {
                         NetworkProtocol::Tcp
                     },
-                    description: None,
+                    description: v.config.port_descriptions.get(p).cloned(),
                 })
             })
             .collect())
+    }
+}
+
+fn protocol_name(p: NetworkProtocol) -> &'static str {
+    match p {
+        NetworkProtocol::Tcp => "tcp",
+        NetworkProtocol::Udp => "udp",
     }
 }

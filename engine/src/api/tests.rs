@@ -243,3 +243,35 @@ async fn container_config_mutations() {
     assert_eq!(l["labels"], serde_json::json!([{"name":"l","value":"v"}]));
     assert_eq!(l["withoutLabel"]["label"], serde_json::Value::Null);
 }
+
+#[tokio::test]
+async fn exposed_ports_are_metadata() {
+    let v = run(r#"{ container {
+        withExposedPort(port: 8080, description: "web") {
+          withExposedPort(port: 53, protocol: UDP) {
+            exposedPorts { port protocol description }
+            withoutExposedPort(port: 8080) { exposedPorts { port protocol } } } } } }"#)
+    .await;
+    assert!(v.get("errors").is_none(), "{v}");
+    let c = &v["data"]["container"]["withExposedPort"]["withExposedPort"];
+    assert_eq!(
+        c["exposedPorts"],
+        serde_json::json!([
+            {"port": 8080, "protocol": "TCP", "description": "web"},
+            {"port": 53, "protocol": "UDP", "description": null}
+        ])
+    );
+    assert_eq!(
+        c["withoutExposedPort"]["exposedPorts"],
+        serde_json::json!([{"port": 53, "protocol": "UDP"}])
+    );
+    let v =
+        run(r#"{ container { withExposedPort(port: 70000) { exposedPorts { port } } } }"#).await;
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("70000"),
+        "{v}"
+    );
+}

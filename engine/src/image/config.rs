@@ -17,6 +17,9 @@ pub struct ImageConfig {
     pub labels: BTreeMap<String, String>,
     /// `"80/tcp"`, `"53/udp"`, as in the config.
     pub exposed_ports: Vec<String>,
+    /// Descriptions given with `withExposedPort`, by `"80/tcp"`; not part of the image format.
+    #[serde(default)]
+    pub port_descriptions: std::collections::BTreeMap<String, String>,
     /// `rootfs.diff_ids`, one per layer.
     pub diff_ids: Vec<String>,
 }
@@ -87,6 +90,7 @@ impl ImageConfig {
             user: c.user.unwrap_or_default(),
             labels: c.labels.unwrap_or_default(),
             exposed_ports: c.exposed_ports.unwrap_or_default().into_keys().collect(),
+            port_descriptions: BTreeMap::new(),
             diff_ids: rootfs.diff_ids.unwrap_or_default(),
         })
     }

@@ -560,6 +560,25 @@ fn apply_config(p: &ContainerValue, change: &ConfigChange) -> ContainerValue {
         ConfigChange::Label { name, value } => {
             cfg.labels.insert(name.clone(), value.clone());
         }
+        ConfigChange::ExposePort {
+            port,
+            protocol,
+            description,
+        } => {
+            let key = format!("{port}/{protocol}");
+            if !cfg.exposed_ports.contains(&key) {
+                cfg.exposed_ports.push(key.clone());
+            }
+            match description {
+                Some(d) => cfg.port_descriptions.insert(key, d.clone()),
+                None => cfg.port_descriptions.remove(&key),
+            };
+        }
+        ConfigChange::UnexposePort { port, protocol } => {
+            let key = format!("{port}/{protocol}");
+            cfg.exposed_ports.retain(|p| *p != key);
+            cfg.port_descriptions.remove(&key);
+        }
         ConfigChange::NoLabel { name } => {
             cfg.labels.remove(name);
         }

@@ -160,6 +160,16 @@ pub enum ConfigChange {
     NoLabel {
         name: String,
     },
+    /// `withExposedPort`: image metadata only (services are not served).
+    ExposePort {
+        port: i32,
+        protocol: String,
+        description: Option<String>,
+    },
+    UnexposePort {
+        port: i32,
+        protocol: String,
+    },
 }
 
 /// Expected outcome of an exec.

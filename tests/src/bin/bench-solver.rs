@@ -24,9 +24,9 @@ fn pipeline(image: &str, nonce: &str, volume: &str) -> String {
         r#"withMountedCache(path: "/cache", cache: "{volume}") {{ "#
     ));
     close += 1;
-    chain.push_str(&format!(
-        r#"withExec(args: ["sh", "-c", "echo run >> /cache/runs; echo $V16"]) {{ stdout }} "#
-    ));
+    chain.push_str(
+        r#"withExec(args: ["sh", "-c", "echo run >> /cache/runs; echo $V16"]) { stdout } "#,
+    );
     chain.push_str(&"} ".repeat(close));
     format!("{{ container {{ {chain} }} }}")
 }
