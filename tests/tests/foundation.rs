@@ -75,7 +75,7 @@ fn dagger_query_prints_data_and_fails_on_errors() {
 fn python_sdk_introspection_query_succeeds() {
     let engine = Engine::start(EngineOptions::default());
     let query = std::fs::read_to_string(
-        workspace().join("tests/fixtures/py-00-introspection-query.graphql"),
+        workspace().join("tests/fixtures/sdk-queries/py-00-introspection-query.graphql"),
     )
     .unwrap();
     let r = post_unix(&engine.socket, "/query", &gql(&query)).unwrap();

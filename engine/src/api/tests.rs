@@ -49,7 +49,7 @@ async fn version_and_default_platform() {
 
 #[tokio::test]
 async fn python_sdk_introspection_query_succeeds() {
-    let q = include_str!("../../../tests/fixtures/py-00-introspection-query.graphql");
+    let q = include_str!("../../../tests/fixtures/sdk-queries/py-00-introspection-query.graphql");
     let v = run(q).await;
     assert!(v.get("errors").is_none(), "{v}");
     let types = v["data"]["__schema"]["types"].as_array().unwrap();
