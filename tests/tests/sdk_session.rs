@@ -262,15 +262,25 @@ fn session_exits_0_on_sigterm_and_sigint() {
 fn session_fails_before_the_handshake_when_the_engine_is_unreachable() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-engine.sock");
-    let out = Command::new(bin("dagger"))
+    // Keep stdin open: a closed stdin means "shut down" (exit 0), which would race the
+    // connection failure this test is about.
+    let mut child = Command::new(bin("dagger"))
         .arg("session")
         .env(
             "_EXPERIMENTAL_DAGGER_RUNNER_HOST",
             format!("unix://{}", missing.display()),
         )
         .stdin(Stdio::piped())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let stdin = child.stdin.take();
+    let status = wait_timeout(&mut child, std::time::Duration::from_secs(30))
+        .expect("session exits by itself when the engine is unreachable");
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let out = std::process::Output { status, ..out };
     assert!(!out.status.success());
     assert!(
         out.stdout.is_empty(),
