@@ -476,22 +476,16 @@ async fn attach_release_cycles_do_not_leak() {
     assert_eq!(addrs_before.len(), 1, "just the gateway: {addrs_before:?}");
 
     const CYCLES: usize = 1000;
-    let deadline = Duration::from_secs(180);
     let started = Instant::now();
     let mut attach_times = Vec::with_capacity(CYCLES);
     let mut cycle_times = Vec::with_capacity(CYCLES);
-    for i in 0..CYCLES {
+    for _ in 0..CYCLES {
         let t0 = Instant::now();
         let a = net.attach("dagger").await.unwrap();
         let t1 = Instant::now();
         a.release().await.unwrap();
         attach_times.push(t1 - t0);
         cycle_times.push(t0.elapsed());
-        assert!(
-            started.elapsed() < deadline,
-            "{i} cycles took {:?}",
-            started.elapsed()
-        );
     }
     let total = started.elapsed();
     attach_times.sort();

