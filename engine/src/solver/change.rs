@@ -12,7 +12,6 @@ use super::filter::{Decision, Filter};
 use super::node::{ContainerNode, DirectoryNode, FileNode, FsChange};
 use super::tree::{self, Attrs, Owner, PARENT_MODE};
 use super::{fs, ContainerValue, Result, SolveError, Solver, TreeRef};
-use crate::metadata::ResultRecord;
 use crate::oci::Digest;
 use crate::snapshot::{SnapshotId, Snapshotter, View};
 use crate::sys::fsops::{self, FileKind, Meta};
@@ -468,24 +467,7 @@ impl Solver {
         base: Option<SnapshotId>,
         plan: Plan,
     ) -> Result<Option<SnapshotId>> {
-        let meta = self.metadata().clone();
-        let snapshots = self.snapshotter().clone();
-        let lookup = key.clone();
-        let hit = tokio::task::spawn_blocking(move || -> Result<Option<Cached>> {
-            let Some(record) = meta.get_result(&lookup)? else {
-                return Ok(None);
-            };
-            // A result whose snapshot is gone is recomputed; a live one is claimed for this
-            // operation (see `snapshot::usage`).
-            if let Some(s) = &record.snapshot {
-                if !snapshots.claim(s)? {
-                    return Ok(None);
-                }
-            }
-            Ok(serde_json::from_str(&record.value).ok())
-        })
-        .await
-        .map_err(blocking_error)??;
+        let hit = self.cached_result::<Cached>(&key).await?;
         if let Some(hit) = hit {
             return Ok(hit.snapshot);
         }
@@ -493,18 +475,11 @@ impl Solver {
         let written = tokio::task::spawn_blocking(move || execute(&snapshots, base, &plan))
             .await
             .map_err(blocking_error)??;
-        let record = ResultRecord {
-            kind: "fs".into(),
-            value: serde_json::to_string(&Cached {
-                snapshot: written.clone(),
-            })
-            .map_err(|e| SolveError::Internal(e.to_string()))?,
+        let cached = Cached {
             snapshot: written.clone(),
         };
-        let meta = self.metadata().clone();
-        tokio::task::spawn_blocking(move || meta.put_result(&key, &record))
-            .await
-            .map_err(blocking_error)??;
+        self.record_result(key, "fs", &cached, written.clone())
+            .await?;
         Ok(written)
     }
 }

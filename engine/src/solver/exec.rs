@@ -5,7 +5,6 @@
 use super::node::{ExecArgs, Expect, MountSource};
 use super::{fs, ContainerValue, Result, SolveError, Solver};
 use crate::exec::{bind_mount, ExecRequest, Executor, Mount};
-use crate::metadata::ResultRecord;
 use crate::network::Network;
 use crate::oci::Digest;
 use crate::sys::inroot::Root;
@@ -91,25 +90,19 @@ impl Execution {
         let started = Instant::now();
         let argv = argv(parent, args)?;
         let key = cache_key(solver, parent, args, &argv).await?;
-        if let Some(hit) = self.cached(solver, &key).await? {
+        if let Some(hit) = solver.cached_result::<Cached>(&key).await? {
             return Ok(with_result(parent, hit.rootfs, hit.exec));
         }
         let lookup_us = micros(started);
         let (rootfs, exec) = self.execute(solver, parent, args, argv).await?;
         let recording = Instant::now();
-        let record = ResultRecord {
-            kind: "exec".into(),
-            value: serde_json::to_string(&Cached {
-                rootfs: rootfs.clone(),
-                exec: exec.clone(),
-            })
-            .map_err(|e| SolveError::Internal(e.to_string()))?,
-            snapshot: rootfs.clone(),
+        let cached = Cached {
+            rootfs: rootfs.clone(),
+            exec: exec.clone(),
         };
-        let meta = solver.metadata().clone();
-        tokio::task::spawn_blocking(move || meta.put_result(&key, &record))
-            .await
-            .map_err(|e| SolveError::Internal(e.to_string()))??;
+        solver
+            .record_result(key, "exec", &cached, rootfs.clone())
+            .await?;
         tracing::debug!(
             lookup_us,
             record_us = micros(recording),
@@ -117,28 +110,6 @@ impl Execution {
             "exec solve timing"
         );
         Ok(with_result(parent, rootfs, exec))
-    }
-
-    async fn cached(&self, solver: &Solver, key: &Digest) -> Result<Option<Cached>> {
-        let meta = solver.metadata().clone();
-        let snapshots = solver.snapshotter().clone();
-        let key = key.clone();
-        let found = tokio::task::spawn_blocking(move || -> Result<Option<Cached>> {
-            let Some(record) = meta.get_result(&key)? else {
-                return Ok(None);
-            };
-            // A result whose snapshot is gone (or unreadable) is recomputed. Claimed, so the
-            // garbage collector keeps it for this operation.
-            if let Some(s) = &record.snapshot {
-                if !snapshots.claim(s)? {
-                    return Ok(None);
-                }
-            }
-            Ok(serde_json::from_str(&record.value).ok())
-        })
-        .await
-        .map_err(|e| SolveError::Internal(e.to_string()))??;
-        Ok(found)
     }
 
     async fn execute(

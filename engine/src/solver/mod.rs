@@ -489,6 +489,51 @@ impl Solver {
         &self.inner.meta
     }
 
+    /// The persistent result cached under `key`, if its snapshot still exists. The snapshot is
+    /// claimed for the current operation, so the garbage collector keeps it while it is used.
+    pub(crate) async fn cached_result<T>(&self, key: &Digest) -> Result<Option<T>>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let meta = self.metadata().clone();
+        let snapshots = self.snapshotter().clone();
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || -> Result<Option<T>> {
+            let Some(record) = meta.get_result(&key)? else {
+                return Ok(None);
+            };
+            // A result whose snapshot is gone is recomputed.
+            if let Some(s) = &record.snapshot {
+                if !snapshots.claim(s)? {
+                    return Ok(None);
+                }
+            }
+            Ok(serde_json::from_str(&record.value).ok())
+        })
+        .await
+        .map_err(|e| SolveError::Internal(e.to_string()))?
+    }
+
+    /// Records `value` as the persistent result for `key`, holding `snapshot`.
+    pub(crate) async fn record_result<T: Serialize>(
+        &self,
+        key: Digest,
+        kind: &str,
+        value: &T,
+        snapshot: Option<SnapshotId>,
+    ) -> Result<()> {
+        let record = crate::metadata::ResultRecord {
+            kind: kind.into(),
+            value: serde_json::to_string(value).map_err(|e| SolveError::Internal(e.to_string()))?,
+            snapshot,
+        };
+        let meta = self.metadata().clone();
+        tokio::task::spawn_blocking(move || meta.put_result(&key, &record))
+            .await
+            .map_err(|e| SolveError::Internal(e.to_string()))??;
+        Ok(())
+    }
+
     /// Stores a secret value in engine memory and returns the node that names it.
     pub fn set_secret(&self, name: &str, plaintext: &[u8]) -> SecretNode {
         self.inner.secrets.set(name, plaintext)
