@@ -4,6 +4,7 @@
 //! These tests need root (the engine refuses to run without it). When not root they fail
 //! loudly instead of skipping.
 
+pub mod bench;
 pub mod images;
 pub mod oci_build;
 pub mod registry;

@@ -12,6 +12,7 @@
 //! - `BENCH_STATE_PARENT` (/dev/shm): where the temporary state dirs and sockets go.
 
 use anyhow::{bail, ensure, Context as _, Result};
+use dagger_integration_tests::bench::{describe_fs, env_or, min_med_max, ms};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::{BufRead, BufReader, Write};
@@ -90,21 +91,6 @@ fn settings() -> Result<Settings> {
         seconds,
         state_parent,
     })
-}
-
-fn env_or<T>(name: &str, default: T) -> Result<T>
-where
-    T: std::str::FromStr,
-    T::Err: std::fmt::Display,
-{
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}")),
-        Err(std::env::VarError::NotPresent) => Ok(default),
-        Err(e) => bail!("{name}: {e}"),
-    }
 }
 
 fn run() -> Result<()> {
@@ -209,22 +195,6 @@ fn run() -> Result<()> {
         tp.rps, s.concurrency, tp.p50_us, tp.p99_us
     );
     Ok(())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Sorts `v` and returns its min, median (mean of the middle two for even lengths) and max.
-fn min_med_max(v: &mut [f64]) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let med = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    (v[0], med, v[n - 1])
 }
 
 /// Nearest-rank percentile of sorted `v`.
@@ -590,52 +560,3 @@ fn client(socket: &Path, barrier: &Barrier, duration: Duration) -> Result<Vec<u3
 }
 
 // ---- which filesystem ------------------------------------------------------------------------
-
-/// "tmpfs mounted at /dev/shm" for the filesystem holding `dir`, from /proc/mounts (longest
-/// matching mount point) and `statfs`.
-fn describe_fs(dir: &Path) -> String {
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let best = mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_dev, point, fstype) = (f.next()?, f.next()?, f.next()?);
-            Some((unescape_mount(point), fstype.to_string()))
-        })
-        .filter(|(point, _)| dir.starts_with(point))
-        // Last of the longest: a later mount on the same point hides the earlier one.
-        .fold(None::<(PathBuf, String)>, |best, cur| match &best {
-            Some((p, _)) if p.as_os_str().len() > cur.0.as_os_str().len() => best,
-            _ => Some(cur),
-        });
-    let magic = nix::sys::statfs::statfs(&dir)
-        .map(|st| format!("statfs magic {:#x}", st.filesystem_type().0))
-        .unwrap_or_else(|e| format!("statfs failed: {e}"));
-    match best {
-        Some((point, fstype)) => format!("{fstype} mounted at {}, {magic}", point.display()),
-        None => format!("unknown filesystem, {magic}"),
-    }
-}
-
-/// /proc/mounts writes space, tab, newline and backslash as octal escapes.
-fn unescape_mount(s: &str) -> PathBuf {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('\\') {
-        out.push_str(&rest[..i]);
-        let code = rest.get(i + 1..i + 4);
-        match code.and_then(|c| u8::from_str_radix(c, 8).ok()) {
-            Some(b) => {
-                out.push(b as char);
-                rest = &rest[i + 4..];
-            }
-            None => {
-                out.push('\\');
-                rest = &rest[i + 1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    PathBuf::from(out)
-}
