@@ -499,3 +499,34 @@ fn typescript_sdk_pipeline_with_a_spawned_session_stopped_by_sigterm() {
         run.describe()
     );
 }
+
+#[test]
+fn dagger_run_hands_the_command_a_trace_context() {
+    let engine = Engine::start(EngineOptions::default());
+    let out = dagger_run(&engine, &["sh", "-c", "echo \"$TRACEPARENT\""]);
+    assert!(out.status.success(), "{out:?}");
+    let tp = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "not a W3C traceparent: {tp:?}");
+    assert_eq!(
+        (parts[0], parts[1].len(), parts[2].len()),
+        ("00", 32, 16),
+        "{tp}"
+    );
+
+    // An inherited context keeps its trace id: the run nests under the caller's trace.
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let out = Command::new(bin("dagger"))
+        .args(["run", "sh", "-c", "echo \"$TRACEPARENT\""])
+        .env("_EXPERIMENTAL_DAGGER_RUNNER_HOST", engine.runner_host())
+        .env("TRACEPARENT", parent)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let tp = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{tp}"
+    );
+    assert_ne!(tp, parent, "the run needs a span of its own");
+}
