@@ -62,3 +62,58 @@ impl From<CacheSharingMode> for crate::solver::node::Sharing {
         }
     }
 }
+
+/// Compression algorithm to use for image layers.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum ImageLayerCompression {
+    #[graphql(name = "Gzip")]
+    Gzip,
+    #[graphql(name = "Zstd")]
+    Zstd,
+    #[graphql(name = "Uncompressed")]
+    Uncompressed,
+    #[graphql(name = "GZIP")]
+    GzipAlias,
+    #[graphql(name = "ZSTD")]
+    ZstdAlias,
+    #[graphql(name = "UNCOMPRESSED")]
+    UncompressedAlias,
+}
+
+impl From<ImageLayerCompression> for crate::image::LayerCompression {
+    fn from(c: ImageLayerCompression) -> Self {
+        use crate::image::LayerCompression as L;
+        match c {
+            ImageLayerCompression::Gzip | ImageLayerCompression::GzipAlias => L::Gzip,
+            ImageLayerCompression::Zstd | ImageLayerCompression::ZstdAlias => L::Zstd,
+            ImageLayerCompression::Uncompressed | ImageLayerCompression::UncompressedAlias => {
+                L::Uncompressed
+            }
+        }
+    }
+}
+
+/// Mediatypes to use in published or exported image metadata.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug, Default)]
+pub enum ImageMediaTypes {
+    #[default]
+    #[graphql(name = "OCIMediaTypes")]
+    Oci,
+    #[graphql(name = "DockerMediaTypes")]
+    Docker,
+    #[graphql(name = "OCI")]
+    OciAlias,
+    #[graphql(name = "DOCKER")]
+    DockerAlias,
+}
+
+impl From<ImageMediaTypes> for crate::image::ImageMediaTypes {
+    fn from(m: ImageMediaTypes) -> Self {
+        match m {
+            ImageMediaTypes::Oci | ImageMediaTypes::OciAlias => crate::image::ImageMediaTypes::Oci,
+            ImageMediaTypes::Docker | ImageMediaTypes::DockerAlias => {
+                crate::image::ImageMediaTypes::Docker
+            }
+        }
+    }
+}

@@ -19,6 +19,7 @@
 //! a mismatch; the whole stream, trailing zero blocks included, is read and hashed.
 
 mod apply;
+pub mod diff;
 mod entry;
 mod names;
 #[cfg(test)]

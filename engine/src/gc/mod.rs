@@ -692,6 +692,13 @@ impl Gc {
             }
         }
 
+        // Layer blobs made for (or pulled into) a snapshot go with that snapshot.
+        for l in meta.list_layer_blobs()? {
+            if let Some(&i) = by_snapshot.get(&l.snapshot) {
+                blob_owner.entry(l.digest).or_insert(i);
+            }
+        }
+
         for (digest, size) in files {
             let leased = leased_blobs.contains(&digest.to_string());
             g.blob_sizes.insert(digest.clone(), size);

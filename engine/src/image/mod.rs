@@ -4,9 +4,15 @@
 //! concurrent downloads of the same blob share one download.
 
 mod config;
+mod export;
+mod import;
 mod stream;
 
 pub use config::ImageConfig;
+pub use export::{
+    BlobRef, BuiltImage, ImageMediaTypes, ImageSpec, LayerCompression, DOCKER_CONFIG, DOCKER_INDEX,
+    DOCKER_MANIFEST, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST,
+};
 
 use crate::archive::{self, ApplyOptions};
 use crate::content::{ContentError, ContentStore};
@@ -340,6 +346,9 @@ impl ImageService {
                 applied.uncompressed_size,
             )?;
             lease.hold(&[(ResourceKind::Snapshot, id.clone())])?;
+            // The pulled blob is this snapshot's layer as pulled: exports and pushes reuse it.
+            self.record_pulled_layer(&id, blob, *size, &diff_ids[index], reference)
+                .await;
             tracing::debug!(
                 index,
                 digest = %blob,
@@ -398,6 +407,49 @@ impl ImageService {
             config,
             rootfs: parent,
         })
+    }
+
+    /// Records a pulled layer blob for its snapshot (compression by magic bytes: media types
+    /// lie). Best effort: without the row, an export compresses the snapshot itself.
+    async fn record_pulled_layer(
+        &self,
+        snapshot: &str,
+        blob: &Digest,
+        size: u64,
+        diff_id: &Digest,
+        reference: &Reference,
+    ) {
+        let content = self.inner.content.clone();
+        let meta = self.inner.meta.clone();
+        let rec = crate::metadata::LayerBlobRecord {
+            snapshot: snapshot.to_string(),
+            compression: String::new(),
+            digest: blob.clone(),
+            size,
+            diff_id: diff_id.clone(),
+            source: Some(reference.name()),
+        };
+        let done = tokio::task::spawn_blocking(move || -> Result<(), ImageError> {
+            use std::io::Read;
+            let mut head = Vec::with_capacity(8);
+            content
+                .open_blob(&rec.digest)?
+                .take(8)
+                .read_to_end(&mut head)
+                .map_err(|e| ImageError::Internal(format!("reading layer {}: {e}", rec.digest)))?;
+            let rec = crate::metadata::LayerBlobRecord {
+                compression: LayerCompression::detect(&head).name().to_string(),
+                ..rec
+            };
+            meta.put_layer_blob(&rec)?;
+            Ok(())
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("recording pulled layer {blob}: {e}"),
+            Err(e) => tracing::warn!("recording pulled layer {blob}: {e}"),
+        }
     }
 
     /// Stores bytes already verified against `digest` (a fetched manifest).

@@ -18,6 +18,7 @@
 
 mod consistency;
 mod gc;
+mod layers;
 mod results;
 mod schema;
 
@@ -26,6 +27,7 @@ mod tests;
 
 pub use consistency::ConsistencyReport;
 pub use gc::{CacheVolumeRow, ResultRow, SnapshotLabel};
+pub use layers::LayerBlobRecord;
 pub use results::ResultRecord;
 
 use crate::error::{Classify, ErrorKind};

@@ -91,6 +91,23 @@ pub(super) const MIGRATIONS: &[&str] = &[
         last_used_at INTEGER NOT NULL
     ) STRICT;
     "#,
+    // 4: image layer blobs made from (or pulled for) a snapshot, one per compression, so a
+    // snapshot is never compressed twice and a pulled layer is pushed as pulled. `source` is
+    // the repository ("host/repo") a pulled blob came from. The row goes with its snapshot; the
+    // blob file itself is owned by the snapshot for the garbage collector.
+    r#"
+    CREATE TABLE layer_blobs (
+        snapshot    TEXT NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
+        compression TEXT NOT NULL CHECK (compression IN ('gzip', 'zstd', 'none')),
+        digest      TEXT NOT NULL,
+        size        INTEGER NOT NULL CHECK (size >= 0),
+        diff_id     TEXT NOT NULL,
+        source      TEXT,
+        created_at  INTEGER NOT NULL,
+        PRIMARY KEY (snapshot, compression)
+    ) STRICT;
+    CREATE INDEX layer_blobs_by_digest ON layer_blobs(digest);
+    "#,
 ];
 
 /// Brings the database at `path` up to the latest version, refusing one written by a newer

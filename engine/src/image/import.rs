@@ -1,0 +1,1 @@
+//! Image import (OCI layout and docker save tarballs).
