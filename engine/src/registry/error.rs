@@ -19,6 +19,18 @@ pub enum RegistryError {
     /// The registry wants credentials and we have none for this host.
     #[error("pull access denied for {host}/{repository}: the registry requires authentication and no credentials are configured for {host}")]
     CredentialsRequired { host: String, repository: String },
+    /// A push refused for lack of (or without) credentials.
+    #[error("push access denied for {host}/{repository}: the registry requires authentication with push rights; configure credentials for {host}")]
+    PushDenied { host: String, repository: String },
+    /// A 4xx to a push request, with the registry's own error message.
+    #[error("{host}/{repository} rejected {what} (HTTP {status}): {message}")]
+    Rejected {
+        host: String,
+        repository: String,
+        what: String,
+        status: u16,
+        message: String,
+    },
     /// 403 without credentials having been sent.
     #[error("access denied to {host}/{repository}")]
     Denied { host: String, repository: String },
@@ -86,7 +98,13 @@ impl Classify for RegistryError {
             RegistryError::NotFound { .. } => ErrorKind::NotFound,
             RegistryError::AuthFailed { .. }
             | RegistryError::CredentialsRequired { .. }
+            | RegistryError::PushDenied { .. }
             | RegistryError::Denied { .. } => ErrorKind::PermissionDenied,
+            RegistryError::Rejected { status, .. } => match status {
+                401 | 403 => ErrorKind::PermissionDenied,
+                404 => ErrorKind::NotFound,
+                _ => ErrorKind::InvalidArgument,
+            },
             RegistryError::DigestMismatch { .. }
             | RegistryError::HeaderDigestMismatch { .. }
             | RegistryError::TooLarge { .. }

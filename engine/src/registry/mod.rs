@@ -9,6 +9,7 @@
 mod auth;
 mod endpoint;
 mod error;
+mod push;
 mod select;
 mod tls;
 mod transport;
@@ -16,6 +17,10 @@ mod transport;
 pub use auth::Credentials;
 pub use endpoint::DOCKER_HUB_API;
 pub use error::RegistryError;
+pub use push::{
+    BlobOutcome, PushBlob, PushManifest, PushOptions, PushReport, DEFAULT_CHUNK_SIZE,
+    DEFAULT_CHUNK_THRESHOLD,
+};
 
 use crate::config::RegistryConfig;
 use crate::oci::{Digest, Platform, Reference};
@@ -48,11 +53,11 @@ pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = 4 << 20;
 /// How deep indexes may nest before we call it a loop.
 const MAX_INDEX_DEPTH: usize = 4;
 
-pub(crate) fn is_index_type(media_type: &str) -> bool {
+pub fn is_index_type(media_type: &str) -> bool {
     media_type == MEDIA_TYPE_OCI_INDEX || media_type == MEDIA_TYPE_DOCKER_LIST
 }
 
-pub(crate) fn is_manifest_type(media_type: &str) -> bool {
+pub fn is_manifest_type(media_type: &str) -> bool {
     media_type == MEDIA_TYPE_OCI_MANIFEST || media_type == MEDIA_TYPE_DOCKER_MANIFEST
 }
 
@@ -66,6 +71,8 @@ pub struct RegistryOptions {
     /// Concurrent requests (and so connections) per registry host.
     pub max_connections_per_host: usize,
     pub max_manifest_bytes: u64,
+    /// Chunked or monolithic blob uploads.
+    pub push: PushOptions,
 }
 
 impl Default for RegistryOptions {
@@ -77,6 +84,7 @@ impl Default for RegistryOptions {
             credentials: Credentials::none(),
             max_connections_per_host: DEFAULT_MAX_CONNECTIONS_PER_HOST,
             max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
+            push: PushOptions::default(),
         }
     }
 }
@@ -167,6 +175,7 @@ pub(crate) struct Inner {
     credentials: Credentials,
     max_connections_per_host: usize,
     max_manifest_bytes: u64,
+    push: PushOptions,
     clients: tls::ClientCache,
     semaphores: Mutex<HashMap<String, Arc<Semaphore>>>,
     auth: AuthCache,
@@ -186,6 +195,7 @@ impl RegistryClient {
                 credentials: opts.credentials,
                 max_connections_per_host: opts.max_connections_per_host.max(1),
                 max_manifest_bytes: opts.max_manifest_bytes,
+                push: opts.push,
                 semaphores: Mutex::new(HashMap::new()),
                 auth: AuthCache::default(),
             }),

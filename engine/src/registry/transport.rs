@@ -48,6 +48,23 @@ fn retryable(e: &reqwest::Error, reason: &str) -> bool {
     !reason.contains("certificate") && (e.is_connect() || e.is_timeout() || e.is_request())
 }
 
+/// Makes a request body; called once per attempt, so a retried upload re-reads its source.
+pub(crate) type MakeBody<'a> = &'a (dyn Fn() -> Result<reqwest::Body, RegistryError> + Send + Sync);
+
+/// One request for [`Inner::send_request`].
+pub(crate) struct Request<'a> {
+    pub method: reqwest::Method,
+    pub url: String,
+    pub headers: HeaderMap,
+    /// Token scopes, space-separated (`repository:a/b:pull,push repository:c/d:pull`).
+    pub scope: String,
+    pub body: Option<MakeBody<'a>>,
+    /// Attempts for connection failures, 429 and 5xx (1: no retry).
+    pub attempts: u32,
+    /// Send our credentials or token. False for an upload URL on another host.
+    pub authorize: bool,
+}
+
 /// A response that passed auth and retries, with the host's connection permit.
 pub(crate) struct Sent {
     pub resp: Response,
@@ -118,6 +135,42 @@ impl Inner {
         url: &str,
         headers: HeaderMap,
     ) -> Result<Sent, RegistryError> {
+        self.send_request(
+            ep,
+            repo,
+            Request {
+                method: reqwest::Method::GET,
+                url: url.to_string(),
+                headers,
+                scope: format!("repository:{repo}:pull"),
+                body: None,
+                attempts: MAX_ATTEMPTS,
+                authorize: true,
+            },
+        )
+        .await
+    }
+
+    /// Sends `req` on `ep` (for repository `repo`, named in auth errors) under the host's
+    /// connection limit, authenticating for `req.scope` and retrying connection failures, 429
+    /// and 5xx up to `req.attempts` times. The body, when there is one, is made afresh for
+    /// every attempt. Returns any status other than 401/403/429/5xx for the caller.
+    pub(crate) async fn send_request(
+        &self,
+        ep: &Endpoint,
+        repo: &str,
+        req: Request<'_>,
+    ) -> Result<Sent, RegistryError> {
+        let Request {
+            method,
+            url,
+            headers,
+            scope,
+            body,
+            attempts,
+            authorize,
+        } = req;
+        let max_attempts = attempts.max(1);
         let permit = self
             .semaphore(&ep.host)
             .acquire_owned()
@@ -127,16 +180,24 @@ impl Inner {
                 reason: "the client is shutting down".into(),
             })?;
         let client = self.clients.get(&ep.tls, &ep.host)?;
-        let scope = format!("repository:{repo}:pull");
         let creds = self.credentials.get(&ep.host);
-        let mut auth = self.known_auth(&client, ep, repo, &scope, creds).await?;
-        let mut url = url.to_string();
+        let mut auth = if authorize {
+            self.known_auth(&client, ep, repo, &scope, creds).await?
+        } else {
+            None
+        };
+        let mut url = url;
         let mut attempt = 1;
         let mut challenged = false;
         loop {
-            let mut req = client.get(&url).headers(headers.clone());
+            let mut req = client
+                .request(method.clone(), &url)
+                .headers(headers.clone());
             if let Some(a) = &auth {
                 req = req.header(header::AUTHORIZATION, a);
+            }
+            if let Some(make) = body {
+                req = req.body(make()?);
             }
             let resp = match req.send().await {
                 Ok(r) => r,
@@ -149,7 +210,7 @@ impl Inner {
                         }
                     }
                     let reason = chain(&e);
-                    if retryable(&e, &reason) && attempt < MAX_ATTEMPTS {
+                    if retryable(&e, &reason) && attempt < max_attempts {
                         tracing::debug!(host = %ep.host, attempt, %reason, "retrying");
                         tokio::time::sleep(backoff(attempt)).await;
                         attempt += 1;
@@ -167,7 +228,7 @@ impl Inner {
             };
             match resp.status() {
                 StatusCode::UNAUTHORIZED => {
-                    if challenged {
+                    if challenged || !authorize {
                         return Err(self.auth_error(ep, repo));
                     }
                     challenged = true;
@@ -200,7 +261,7 @@ impl Inner {
                     });
                 }
                 s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
-                    if attempt < MAX_ATTEMPTS {
+                    if attempt < max_attempts {
                         let delay = retry_delay(attempt, resp.headers());
                         drop(resp);
                         tracing::debug!(host = %ep.host, attempt, status = s.as_u16(), "retrying");
@@ -304,7 +365,10 @@ impl Inner {
             if let Some(s) = service {
                 q.append_pair("service", s);
             }
-            q.append_pair("scope", scope);
+            // Several scopes (push plus a mount source) go as repeated `scope` parameters.
+            for one in scope.split(' ').filter(|s| !s.is_empty()) {
+                q.append_pair("scope", one);
+            }
         }
         let realm_host = url.host_str().unwrap_or("").to_string();
         let mut attempt = 1;

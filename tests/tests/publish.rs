@@ -1,0 +1,576 @@
+//! Pushing images: the registry push client (`RegistryClient::push_image`) against Debian's
+//! real `docker-registry` in every auth/TLS mode and against a scripted fake (chunked uploads,
+//! Location handling, mount fallback, retries, registry errors), and `Container.publish`
+//! end to end, checked with skopeo, a second engine and podman.
+
+use dagger_engine::error::{Classify, ErrorKind};
+use dagger_engine::oci::{Digest, Reference};
+use dagger_engine::registry::{
+    BlobOutcome, Credentials, PushBlob, PushManifest, PushOptions, RegistryClient, RegistryError,
+    RegistryOptions,
+};
+use dagger_integration_tests::images::{self, Format};
+use dagger_integration_tests::registry::{
+    require_binary, run, FakeRegistry, FakeRequest, FakeResponse, Mode, TestRegistry, PASS, USER,
+};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+// ---- helpers ----
+
+fn client_for(reg: &TestRegistry, credentials: Credentials, push: PushOptions) -> RegistryClient {
+    let mut hosts = BTreeMap::new();
+    hosts.insert(reg.addr.clone(), reg.registry_config());
+    RegistryClient::new(RegistryOptions {
+        hosts,
+        extra_ca_dir: None,
+        credentials,
+        push,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn fake_client(push: PushOptions) -> RegistryClient {
+    RegistryClient::new(RegistryOptions {
+        extra_ca_dir: None,
+        push,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// An image read from the test OCI layout: its blobs (configs and layers) and its manifests,
+/// children before the index.
+struct LayoutImage {
+    blobs: Vec<PushBlob>,
+    manifests: Vec<PushManifest>,
+}
+
+fn layout_blob(layout: &Path, digest: &str) -> (Digest, PathBuf) {
+    let d = Digest::parse(digest).unwrap();
+    let path = layout.join("blobs/sha256").join(d.hex());
+    (d, path)
+}
+
+fn layout_image(tag: &str) -> LayoutImage {
+    let layout = images::layout();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("no tag {tag} in the layout"))
+        .clone();
+    let mut out = LayoutImage {
+        blobs: Vec::new(),
+        manifests: Vec::new(),
+    };
+    fn walk(layout: &Path, desc: &serde_json::Value, out: &mut LayoutImage) {
+        let media_type = desc["mediaType"].as_str().unwrap().to_string();
+        let (digest, path) = layout_blob(layout, desc["digest"].as_str().unwrap());
+        let bytes = std::fs::read(&path).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        if let Some(children) = doc["manifests"].as_array() {
+            for c in children {
+                walk(layout, c, out);
+            }
+        } else {
+            for d in std::iter::once(&doc["config"]).chain(doc["layers"].as_array().unwrap()) {
+                let (digest, path) = layout_blob(layout, d["digest"].as_str().unwrap());
+                if out.blobs.iter().all(|b| b.digest != digest) {
+                    out.blobs.push(PushBlob {
+                        size: d["size"].as_u64().unwrap(),
+                        digest,
+                        path,
+                        mount_from: Vec::new(),
+                    });
+                }
+            }
+        }
+        if out.manifests.iter().all(|m| m.digest != digest) {
+            out.manifests.push(PushManifest {
+                digest,
+                media_type,
+                bytes: bytes.into(),
+            });
+        }
+    }
+    walk(layout, &entry, &mut out);
+    out
+}
+
+fn skopeo() -> Command {
+    let skopeo = require_binary("skopeo", "skopeo");
+    let work = tempfile::tempdir().unwrap().keep();
+    let mut cmd = Command::new(skopeo);
+    cmd.env("REGISTRY_AUTH_FILE", work.join("auth.json"))
+        .env("CONTAINERS_REGISTRIES_CONF", work.join("registries.conf"));
+    cmd
+}
+
+/// `skopeo inspect [--raw]` of `repo:tag` on `reg`, as JSON.
+fn skopeo_inspect(reg: &TestRegistry, image: &str, extra: &[&str]) -> serde_json::Value {
+    let mut cmd = skopeo();
+    cmd.arg("inspect").args(extra);
+    match &reg.cert_dir {
+        Some(dir) => cmd.arg("--cert-dir").arg(dir),
+        None => cmd.arg("--tls-verify=false"),
+    };
+    match reg.creds() {
+        Some((u, p)) => cmd.arg("--creds").arg(format!("{u}:{p}")),
+        None => cmd.arg("--no-creds"),
+    };
+    cmd.arg(format!("docker://{}/{image}", reg.addr));
+    let out = run(&mut cmd);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `skopeo copy --all` of `image` into a fresh OCI layout: skopeo verifies every blob digest.
+fn skopeo_copy_out(reg: &TestRegistry, image: &str) {
+    let dest = tempfile::tempdir().unwrap();
+    let mut cmd = skopeo();
+    cmd.args(["copy", "--all", "--insecure-policy", "--quiet"]);
+    match &reg.cert_dir {
+        Some(dir) => cmd.arg("--src-cert-dir").arg(dir),
+        None => cmd.arg("--src-tls-verify=false"),
+    };
+    match reg.creds() {
+        Some((u, p)) => cmd.arg("--src-creds").arg(format!("{u}:{p}")),
+        None => cmd.arg("--src-no-creds"),
+    };
+    cmd.arg(format!("docker://{}/{image}", reg.addr))
+        .arg(format!("oci:{}:x", dest.path().display()));
+    run(&mut cmd);
+}
+
+// ---- the push client against the real registry ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_client_every_auth_mode_monolithic_and_chunked() {
+    for mode in [
+        Mode::Plain,
+        Mode::Tls,
+        Mode::Basic,
+        Mode::BasicHttp,
+        Mode::Token,
+    ] {
+        let reg = TestRegistry::start(mode);
+        let image = layout_image(images::MULTIARCH);
+        let root = image.manifests.last().unwrap().digest.clone();
+        // Monolithic in some modes, chunked in others (the busybox layer is ~1 MB).
+        let chunked = matches!(mode, Mode::Tls | Mode::Token);
+        let opts = if chunked {
+            PushOptions {
+                chunk_threshold: 64 * 1024,
+                chunk_size: 200 * 1024,
+            }
+        } else {
+            PushOptions::default()
+        };
+        let client = client_for(&reg, reg.credentials(), opts);
+        let target = Reference::parse(&format!("{}/pushed/multi:v1", reg.addr)).unwrap();
+        let report = client
+            .push_image(&target, image.blobs, image.manifests)
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        assert_eq!(report.digest, root, "{mode:?}");
+        assert!(report.uploaded >= 3, "{mode:?}: {report:?}");
+        assert_eq!(report.existed + report.mounted, 0, "{mode:?}: {report:?}");
+
+        // The index arrived byte for byte, and every blob verifies.
+        let raw = skopeo_inspect(&reg, "pushed/multi:v1", &["--raw"]);
+        assert_eq!(
+            raw["mediaType"], "application/vnd.oci.image.index.v1+json",
+            "{mode:?}"
+        );
+        let arm = skopeo_inspect(&reg, "pushed/multi:v1", &["--override-arch", "arm64"]);
+        assert_eq!(arm["Architecture"], "arm64", "{mode:?}");
+        skopeo_copy_out(&reg, "pushed/multi:v1");
+        // Our own client reads it back with the same digest.
+        let fetched = client.fetch_manifest(&target).await.unwrap();
+        assert_eq!(fetched.digest, root);
+
+        // A second push finds every blob in place and uploads nothing.
+        let again = layout_image(images::MULTIARCH);
+        let report = client
+            .push_image(&target, again.blobs, again.manifests)
+            .await
+            .unwrap();
+        assert_eq!(report.uploaded, 0, "{mode:?}: {report:?}");
+        assert!(report.existed >= 3, "{mode:?}: {report:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_client_mounts_from_a_source_repository() {
+    for mode in [Mode::Plain, Mode::Token] {
+        let reg = TestRegistry::start(mode);
+        images::push(
+            images::BUSYBOX,
+            &reg,
+            "src/busybox:1",
+            Format::Oci,
+            reg.creds(),
+        );
+        let client = client_for(&reg, reg.credentials(), PushOptions::default());
+        let mut image = layout_image(images::BUSYBOX);
+        for b in &mut image.blobs {
+            b.mount_from = vec!["src/busybox".to_string()];
+        }
+        let target = Reference::parse(&format!("{}/dst/app:1", reg.addr)).unwrap();
+        let report = client
+            .push_image(&target, image.blobs, image.manifests)
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        assert_eq!(report.uploaded, 0, "{mode:?}: {report:?}");
+        assert_eq!(report.mounted, 2, "{mode:?}: {report:?}");
+        skopeo_copy_out(&reg, "dst/app:1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_auth_failures_name_the_repository_but_never_the_password() {
+    let secret = "wrong-password-91c2e";
+    for mode in [Mode::Basic, Mode::Token] {
+        let reg = TestRegistry::start(mode);
+        let client = client_for(
+            &reg,
+            Credentials::none().with(&reg.addr, USER, secret),
+            PushOptions::default(),
+        );
+        let image = layout_image(images::BUSYBOX);
+        let target = Reference::parse(&format!("{}/private/app:1", reg.addr)).unwrap();
+        let e = client
+            .push_image(&target, image.blobs, image.manifests)
+            .await
+            .unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{mode:?}: {msg}");
+        assert!(
+            msg.contains("private/app") && msg.contains(&reg.addr),
+            "{msg}"
+        );
+        assert!(!msg.contains(secret) && !format!("{e:?}").contains(secret));
+        assert!(!msg.contains(PASS));
+
+        // Without credentials: refused as a push, even where anonymous pulls are allowed.
+        let anon = client_for(&reg, Credentials::none(), PushOptions::default());
+        let image = layout_image(images::BUSYBOX);
+        let e = anon
+            .push_image(&target, image.blobs, image.manifests)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{mode:?}: {e}");
+        assert!(e.to_string().contains("push access denied"), "{e}");
+    }
+}
+
+// ---- the push client against a scripted fake ----
+
+/// A scripted registry for pushes: blobs are missing (HEAD 404) unless `existing`, uploads
+/// open at a relative Location, PATCHes move the session to an absolute Location, and every
+/// manifest PUT answers with `manifest_answer`.
+#[derive(Clone)]
+struct Script {
+    existing: bool,
+    min_chunk: Option<u64>,
+    /// 503 on the first `fail_puts` blob PUTs.
+    fail_puts: usize,
+    /// Answer a mount with 202 (refused) instead of 201.
+    refuse_mount: bool,
+    manifest_answer: Option<FakeResponse>,
+}
+
+fn scripted(addr: Arc<Mutex<String>>, script: Script) -> impl Fn(&FakeRequest) -> FakeResponse {
+    let puts = Arc::new(Mutex::new(0usize));
+    let session = Arc::new(Mutex::new(0usize));
+    move |req: &FakeRequest| {
+        let path = req.path().to_string();
+        match req.method.as_str() {
+            "HEAD" if path.contains("/blobs/") => {
+                if script.existing {
+                    FakeResponse::ok(Vec::new())
+                } else {
+                    FakeResponse::not_found()
+                }
+            }
+            "POST" if path.ends_with("/blobs/uploads/") => {
+                if req.query("mount").is_some() && !script.refuse_mount {
+                    return FakeResponse::status(201);
+                }
+                let mut n = session.lock().unwrap();
+                *n += 1;
+                let mut r = FakeResponse::status(202).header(
+                    "Location",
+                    &format!("/v2/app/blobs/uploads/s{}?_state=a", *n),
+                );
+                if let Some(m) = script.min_chunk {
+                    r = r.header("OCI-Chunk-Min-Length", &m.to_string());
+                }
+                r
+            }
+            "PATCH" => {
+                let next = format!(
+                    "http://{}/v2/app/blobs/uploads/next-{}",
+                    addr.lock().unwrap(),
+                    req.header("content-range").unwrap_or("?")
+                );
+                FakeResponse::status(202).header("Location", &next)
+            }
+            "PUT" if path.contains("/blobs/uploads/") => {
+                let mut p = puts.lock().unwrap();
+                *p += 1;
+                if *p <= script.fail_puts {
+                    FakeResponse::status(503)
+                } else {
+                    FakeResponse::status(201)
+                }
+            }
+            "PUT" if path.contains("/manifests/") => script
+                .manifest_answer
+                .clone()
+                .unwrap_or_else(|| FakeResponse::status(201)),
+            _ => FakeResponse::status(400),
+        }
+    }
+}
+
+async fn fake(script: Script) -> FakeRegistry {
+    let addr = Arc::new(Mutex::new(String::new()));
+    let f = FakeRegistry::start(scripted(addr.clone(), script)).await;
+    *addr.lock().unwrap() = f.addr.clone();
+    f
+}
+
+fn plain_script() -> Script {
+    Script {
+        existing: false,
+        min_chunk: None,
+        fail_puts: 0,
+        refuse_mount: false,
+        manifest_answer: None,
+    }
+}
+
+/// A blob file of `size` bytes (not a real image: the fake does not check).
+fn blob_file(dir: &Path, size: usize) -> PushBlob {
+    let bytes: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+    let digest = Digest::of(&bytes);
+    let path = dir.join(digest.hex());
+    std::fs::write(&path, &bytes).unwrap();
+    PushBlob {
+        digest,
+        size: size as u64,
+        path,
+        mount_from: Vec::new(),
+    }
+}
+
+fn manifest(bytes: &[u8]) -> PushManifest {
+    PushManifest {
+        digest: Digest::of(bytes),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        bytes: bytes.to_vec().into(),
+    }
+}
+
+#[tokio::test]
+async fn chunked_upload_follows_locations_and_the_minimum_chunk_length() {
+    let reg = fake(Script {
+        min_chunk: Some(300_000),
+        ..plain_script()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let blob = blob_file(dir.path(), 1_000_000);
+    let client = fake_client(PushOptions {
+        chunk_threshold: 100_000,
+        chunk_size: 100_000,
+    });
+    let target = Reference::parse(&format!("{}/app:1", reg.addr)).unwrap();
+    let m = manifest(b"{}");
+    let report = client
+        .push_image(&target, vec![blob.clone()], vec![m.clone()])
+        .await
+        .unwrap();
+    assert_eq!(report.uploaded, 1);
+    assert_eq!(report.uploaded_bytes, 1_000_000);
+    let reqs = reg.requests();
+    let patches: Vec<&FakeRequest> = reqs.iter().filter(|r| r.method == "PATCH").collect();
+    // 300 000-byte chunks (the registry's minimum beats our 100 000): 3 full ones and the rest.
+    let ranges: Vec<&str> = patches
+        .iter()
+        .map(|r| r.header("content-range").unwrap())
+        .collect();
+    assert_eq!(
+        ranges,
+        [
+            "0-299999",
+            "300000-599999",
+            "600000-899999",
+            "900000-999999"
+        ]
+    );
+    // The first PATCH went to the relative Location of the POST; the next ones each to the
+    // absolute Location of the previous answer.
+    assert_eq!(patches[0].target, "/v2/app/blobs/uploads/s1?_state=a");
+    assert_eq!(patches[1].path(), "/v2/app/blobs/uploads/next-0-299999");
+    assert_eq!(
+        patches[3].path(),
+        "/v2/app/blobs/uploads/next-600000-899999"
+    );
+    let close = reqs
+        .iter()
+        .find(|r| r.method == "PUT" && r.path().contains("/blobs/uploads/"))
+        .unwrap();
+    assert_eq!(close.path(), "/v2/app/blobs/uploads/next-900000-999999");
+    assert_eq!(close.query("digest").unwrap(), blob.digest.to_string());
+    assert_eq!(close.header("content-length"), Some("0"));
+    let put_manifest = reqs
+        .iter()
+        .find(|r| r.path() == "/v2/app/manifests/1")
+        .unwrap();
+    assert_eq!(
+        put_manifest.header("content-type"),
+        Some("application/vnd.oci.image.manifest.v1+json")
+    );
+}
+
+#[tokio::test]
+async fn small_blobs_go_in_one_put_and_existing_ones_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = blob_file(dir.path(), 5000);
+    let client = fake_client(PushOptions::default());
+
+    let reg = fake(plain_script()).await;
+    let target = Reference::parse(&format!("{}/app:1", reg.addr)).unwrap();
+    client
+        .push_image(&target, vec![blob.clone()], vec![manifest(b"{}")])
+        .await
+        .unwrap();
+    let reqs = reg.requests();
+    let put = reqs
+        .iter()
+        .find(|r| r.method == "PUT" && r.path().contains("/blobs/uploads/"))
+        .unwrap();
+    assert_eq!(put.header("content-length"), Some("5000"));
+    assert_eq!(put.query("digest").unwrap(), blob.digest.to_string());
+    assert_eq!(
+        put.query("_state").as_deref(),
+        Some("a"),
+        "keeps the Location's query"
+    );
+    assert!(reqs.iter().all(|r| r.method != "PATCH"));
+
+    let reg = fake(Script {
+        existing: true,
+        ..plain_script()
+    })
+    .await;
+    let target = Reference::parse(&format!("{}/app:1", reg.addr)).unwrap();
+    let report = client
+        .push_image(&target, vec![blob.clone()], vec![manifest(b"{}")])
+        .await
+        .unwrap();
+    assert_eq!((report.existed, report.uploaded), (1, 0));
+    let methods: Vec<String> = reg
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path()))
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            format!("HEAD /v2/app/blobs/{}", blob.digest),
+            "PUT /v2/app/manifests/1".to_string()
+        ]
+    );
+}
+
+#[tokio::test]
+async fn refused_mount_falls_back_to_upload_and_failed_uploads_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut blob = blob_file(dir.path(), 5000);
+    blob.mount_from = vec!["library/base".into()];
+    let client = fake_client(PushOptions::default());
+
+    let reg = fake(Script {
+        refuse_mount: true,
+        fail_puts: 1,
+        ..plain_script()
+    })
+    .await;
+    let target = Reference::parse(&format!("{}/app:1", reg.addr)).unwrap();
+    let outcome = client.push_blob(&target, &blob).await.unwrap();
+    assert_eq!(outcome, BlobOutcome::Uploaded);
+    let reqs = reg.requests();
+    let posts: Vec<&FakeRequest> = reqs.iter().filter(|r| r.method == "POST").collect();
+    assert_eq!(posts[0].query("mount").unwrap(), blob.digest.to_string());
+    assert_eq!(posts[0].query("from").as_deref(), Some("library/base"));
+    // The refused mount's session took the first PUT (503); a new session took the second.
+    assert_eq!(posts.len(), 2, "{reqs:?}");
+    let puts: Vec<&FakeRequest> = reqs.iter().filter(|r| r.method == "PUT").collect();
+    assert_eq!(puts.len(), 2);
+    assert_eq!(puts[0].path(), "/v2/app/blobs/uploads/s1");
+    assert_eq!(puts[1].path(), "/v2/app/blobs/uploads/s2");
+
+    let reg = fake(plain_script()).await;
+    let target = Reference::parse(&format!("{}/app:1", reg.addr)).unwrap();
+    assert_eq!(
+        client.push_blob(&target, &blob).await.unwrap(),
+        BlobOutcome::Mounted
+    );
+}
+
+#[tokio::test]
+async fn manifest_errors_show_the_registry_message_and_digests_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = blob_file(dir.path(), 100);
+    let client = fake_client(PushOptions::default());
+    let reg = fake(Script {
+        manifest_answer: Some(
+            FakeResponse::new(
+                400,
+                br#"{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid","detail":"config blob unknown"}]}"#.to_vec(),
+            )
+            .header("Content-Type", "application/json"),
+        ),
+        ..plain_script()
+    })
+    .await;
+    let target = Reference::parse(&format!("{}/app:1", reg.addr)).unwrap();
+    let e = client
+        .push_image(&target, vec![blob.clone()], vec![manifest(b"{}")])
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("MANIFEST_INVALID: manifest invalid") && msg.contains("config blob unknown"),
+        "{msg}"
+    );
+    assert!(msg.contains("400") && msg.contains("app"), "{msg}");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+
+    let wrong = Digest::of(b"something else");
+    let reg = fake(Script {
+        manifest_answer: Some(
+            FakeResponse::status(201).header("Docker-Content-Digest", &wrong.to_string()),
+        ),
+        ..plain_script()
+    })
+    .await;
+    let target = Reference::parse(&format!("{}/app:1", reg.addr)).unwrap();
+    let e = client
+        .push_image(&target, vec![blob], vec![manifest(b"{}")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, RegistryError::HeaderDigestMismatch { .. }),
+        "{e}"
+    );
+}
