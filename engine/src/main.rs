@@ -50,14 +50,82 @@ struct Args {
         default_value = "10.87.0.0/16"
     )]
     network_cidr: String,
+    #[command(subcommand)]
+    command: Option<Subcommand>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Subcommand {
+    /// Join standard input and output to the engine's unix socket (for `docker exec -i`,
+    /// `kubectl exec -i`, ssh). Also reached as `buildctl [--addr ADDR] dial-stdio`.
+    DialStdio {
+        /// The engine socket (unix:///PATH); default: the first unix address of the config.
+        #[arg(long = "addr", value_name = "ADDR")]
+        addr: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    if let Some(code) = buildctl_alias() {
+        return code;
+    }
+    let mut args = Args::parse();
+    if let Some(Subcommand::DialStdio { addr }) = args.command.take() {
+        // `dagger-engine --addr unix:///x dial-stdio` as well as `... dial-stdio --addr ...`.
+        let addr = addr.or_else(|| args.addr.first().cloned());
+        return dial_stdio(addr.as_deref(), args.config.as_deref());
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dagger-engine: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Invoked as `buildctl` (the image's symlink): only `[--addr ADDR] dial-stdio` is served,
+/// which is what BuildKit's connection helpers run.
+fn buildctl_alias() -> Option<ExitCode> {
+    let mut argv = std::env::args_os();
+    let argv0 = PathBuf::from(argv.next()?);
+    if argv0.file_name()? != "buildctl" {
+        return None;
+    }
+    let (mut addr, mut dial, mut rest) =
+        (None, false, argv.map(|a| a.to_string_lossy().into_owned()));
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "dial-stdio" => dial = true,
+            "--addr" => addr = rest.next(),
+            a if a.starts_with("--addr=") => addr = Some(a["--addr=".len()..].to_string()),
+            other => {
+                eprintln!("buildctl: {other:?} is not supported: this is dagger-engine, which serves only `buildctl [--addr unix:///PATH] dial-stdio`");
+                return Some(ExitCode::from(2));
+            }
+        }
+    }
+    if !dial {
+        eprintln!("buildctl: this is dagger-engine, which serves only `buildctl [--addr unix:///PATH] dial-stdio`");
+        return Some(ExitCode::from(2));
+    }
+    Some(dial_stdio(addr.as_deref(), None))
+}
+
+/// `dial-stdio`: the socket from `--addr`, else from the config file (if it loads), else the
+/// default one.
+fn dial_stdio(addr: Option<&str>, config: Option<&std::path::Path>) -> ExitCode {
+    let path = config
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
+    let loaded = Config::load(&path, false).ok().map(|l| l.config);
+    let result = server::dial_stdio::socket_path(addr, loaded.as_ref())
+        .map_err(anyhow::Error::msg)
+        .and_then(|socket| server::dial_stdio::run(&socket).map_err(anyhow::Error::from));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dagger-engine dial-stdio: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -99,6 +167,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             "dagger-engine must run as root (it mounts filesystems and runs containers); run it with sudo or as a privileged container"
         );
     }
+
+    trust_extra_cas();
 
     let gc_settings = gc::Settings::from_config(&config.worker)?;
     let state = StateDir::open(&config.root, config.worker.snapshotter)?;
@@ -168,6 +238,10 @@ fn run(args: Args) -> anyhow::Result<()> {
 /// stale mounts, half-built snapshots, rows without files and files without rows.
 fn open_stores(config: &Config, state: &StateDir) -> anyhow::Result<(ImageService, Metadata)> {
     for m in sys::mount::mounts_under(state.root()).context("reading mountinfo")? {
+        // The state directory itself may be a mount (a volume, a loop image): keep it.
+        if m == state.root() {
+            continue;
+        }
         tracing::warn!("unmounting {} left from an earlier run", m.display());
         if let Err(e) = sys::mount::unmount_detach(&m) {
             tracing::warn!("cannot unmount {}: {e}", m.display());
@@ -253,7 +327,51 @@ async fn start_execution(
     let network = Network::setup(opts).await?;
     let executor =
         Executor::new(ExecutorOptions::from_config(config, state.executor_dir())).await?;
+    let extra_cas = dagger_engine::exec::cacerts::load_dir(std::path::Path::new(
+        dagger_engine::registry::DEFAULT_EXTRA_CA_DIR,
+    ));
+    if !extra_cas.is_empty() {
+        tracing::info!(
+            "adding the CA certificates of {} to exec containers' CA bundles",
+            dagger_engine::registry::DEFAULT_EXTRA_CA_DIR
+        );
+        executor.set_extra_ca_certs(extra_cas);
+    }
     Ok(Execution { executor, network })
+}
+
+/// Custom CAs in `/usr/local/share/ca-certificates` (mounted into the engine's container, or
+/// baked into a derived image): registry pulls trust them directly; for git and anything else
+/// that reads the system store, `update-ca-certificates` adds them to it when the store lacks
+/// any of them. A failure is only a warning, as in Dagger.
+fn trust_extra_cas() {
+    let dir = std::path::Path::new(dagger_engine::registry::DEFAULT_EXTRA_CA_DIR);
+    let extra = dagger_engine::exec::cacerts::load_dir(dir);
+    if extra.is_empty() {
+        return;
+    }
+    let store = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+    if dagger_engine::exec::cacerts::contains_all(&store, &String::from_utf8_lossy(&extra)) {
+        return;
+    }
+    match std::process::Command::new("update-ca-certificates")
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            tracing::info!("added the CA certificates of {} to the system store", dir.display())
+        }
+        Ok(out) => tracing::warn!(
+            "update-ca-certificates failed ({}): {}; registries still trust the certificates of {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            dir.display()
+        ),
+        Err(e) => tracing::warn!(
+            "cannot run update-ca-certificates ({e}); registries still trust the certificates of {}, git and other tools do not",
+            dir.display()
+        ),
+    }
 }
 
 fn init_logging(config: &Config) {

@@ -16,6 +16,7 @@
 //!   that outgrew the in-memory limit, owned by [`OutputFile`]). One executor per state dir:
 //!   [`Executor::new`] cleans up whatever a crashed engine left there.
 
+pub mod cacerts;
 mod cgroup;
 mod init;
 mod output;
@@ -278,6 +279,8 @@ struct Inner {
     /// that made an id is still alive.
     prefix: String,
     execs: AtomicU64,
+    /// Extra CA certificates (PEM) added to each exec's CA bundle; see [`cacerts`].
+    extra_cas: std::sync::OnceLock<Vec<u8>>,
 }
 
 static EXECUTOR_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -376,10 +379,18 @@ impl Executor {
                     EXECUTOR_COUNTER.fetch_add(1, Ordering::Relaxed)
                 ),
                 execs: AtomicU64::new(0),
+                extra_cas: std::sync::OnceLock::new(),
             }),
         };
         executor.sweep().await;
         Ok(executor)
+    }
+
+    /// Adds these PEM certificates (the engine's `/usr/local/share/ca-certificates`) to the
+    /// CA bundle of every exec whose rootfs has one ([`cacerts`]). Set once; later calls are
+    /// ignored.
+    pub fn set_extra_ca_certs(&self, pem: Vec<u8>) {
+        let _ = self.inner.extra_cas.set(pem);
     }
 
     /// The runc version in use, as `runc --version` prints it.
@@ -482,7 +493,7 @@ impl Executor {
     async fn start_inner(
         &self,
         id: &str,
-        req: ExecRequest,
+        mut req: ExecRequest,
         cleanup: &mut Cleanup,
         cancelled: &mut oneshot::Receiver<()>,
     ) -> Result<ExecOutput, ExecError> {
@@ -491,6 +502,11 @@ impl Executor {
         let bundle = inner.bundles.join(id);
         std::fs::create_dir(&bundle).map_err(io_err("creating bundle", &bundle))?;
         cleanup.bundle = Some(bundle.clone());
+        if let Some(extra) = inner.extra_cas.get().filter(|c| !c.is_empty()) {
+            // First, so that the request's own mounts at the same paths win.
+            let ca_mounts = cacerts::bundle_mounts(&req.rootfs, extra, &bundle);
+            req.extra_mounts.splice(0..0, ca_mounts);
+        }
 
         let mountpoints = self.mountpoints(&req);
         let prep = {

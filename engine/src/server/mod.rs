@@ -1,6 +1,7 @@
 //! Listeners and the HTTP front: GraphQL at `POST /query` on every configured unix and tcp
 //! address, JSON for every answer, graceful shutdown.
 
+pub mod dial_stdio;
 mod http;
 mod upload;
 
