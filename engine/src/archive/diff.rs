@@ -585,3 +585,216 @@ fn header_of(path: Vec<u8>, kind: EntryKind, m: &Meta) -> Header {
         xattrs: Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Round trips through [`crate::archive::apply_layer`], whiteouts, opaque directories and
+    //! determinism. They run as root (mknod of whiteouts, trusted.* xattrs).
+    use super::*;
+    use crate::archive::{apply_layer, ApplyOptions};
+    use std::fs;
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+
+    fn require_root() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "these tests need root (mknod, trusted.* xattrs)"
+        );
+    }
+
+    /// A comparable description of a tree: path, kind, mode, owner, mtime, content or target.
+    fn describe(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let p = e.path();
+                let m = fs::symlink_metadata(&p).unwrap();
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                let what = if m.is_dir() {
+                    stack.push(p.clone());
+                    format!("dir mtime={}", m.mtime())
+                } else if m.file_type().is_symlink() {
+                    format!("link {}", fs::read_link(&p).unwrap().display())
+                } else if m.is_file() {
+                    format!(
+                        "file {:?} mtime={} nlink={}",
+                        String::from_utf8_lossy(&fs::read(&p).unwrap()),
+                        m.mtime(),
+                        m.nlink()
+                    )
+                } else {
+                    format!("special rdev={}", m.rdev())
+                };
+                out.push(format!(
+                    "{rel} {what} mode={:o} {}:{}",
+                    m.permissions().mode() & 0o7777,
+                    m.uid(),
+                    m.gid()
+                ));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn entries(tar: &[u8]) -> Vec<String> {
+        let mut a = tar::Archive::new(tar);
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                String::from_utf8_lossy(&e.path_bytes()).into_owned()
+            })
+            .collect()
+    }
+
+    fn cp(from: &Path, to: &Path) {
+        let ok = std::process::Command::new("cp")
+            .args(["-a", "--no-target-directory"])
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    fn write(p: &Path, s: &str) {
+        fs::write(p, s).unwrap();
+    }
+
+    #[test]
+    fn native_diff_round_trips_with_whiteouts_and_is_deterministic() {
+        require_root();
+        let tmp = tempfile::tempdir().unwrap();
+        let parent = tmp.path().join("parent");
+        fs::create_dir_all(parent.join("etc/sub")).unwrap();
+        fs::create_dir_all(parent.join("gone-dir/x")).unwrap();
+        write(&parent.join("etc/keep"), "same");
+        write(&parent.join("etc/change"), "old!");
+        write(&parent.join("etc/sub/remove"), "bye");
+        write(&parent.join("gone-dir/x/f"), "f");
+        let tree = tmp.path().join("tree");
+        cp(&parent, &tree);
+        // Same size, new content and time: must be seen as changed.
+        write(&tree.join("etc/change"), "new!");
+        fs::remove_file(tree.join("etc/sub/remove")).unwrap();
+        fs::remove_dir_all(tree.join("gone-dir")).unwrap();
+        fs::create_dir_all(tree.join("new/deep")).unwrap();
+        write(&tree.join("new/deep/file"), "hello");
+        fs::hard_link(tree.join("new/deep/file"), tree.join("new/link")).unwrap();
+        symlink("../etc/keep", tree.join("new/sym")).unwrap();
+        fs::set_permissions(
+            tree.join("new/deep/file"),
+            fs::Permissions::from_mode(0o751),
+        )
+        .unwrap();
+        std::os::unix::fs::lchown(tree.join("new/sym"), Some(7), Some(8)).unwrap();
+        let long = "n".repeat(150);
+        write(&tree.join("new").join(&long), "long name");
+
+        let source = DiffSource::Native {
+            tree: &tree,
+            parent: Some(&parent),
+        };
+        let (a, n) = write_layer(Vec::new(), source).unwrap();
+        let (b, _) = write_layer(Vec::new(), source).unwrap();
+        assert_eq!(a, b, "two runs give the same bytes");
+        assert!(n > 0);
+        let names = entries(&a);
+        assert!(
+            names.contains(&"etc/sub/.wh.remove".to_string()),
+            "{names:?}"
+        );
+        assert!(names.contains(&".wh.gone-dir".to_string()), "{names:?}");
+        assert!(names.contains(&"etc/change".to_string()));
+        assert!(
+            !names.contains(&"etc/keep".to_string()),
+            "unchanged files stay out: {names:?}"
+        );
+
+        // Applying the layer onto the parent reproduces the tree.
+        let out = tmp.path().join("out");
+        cp(&parent, &out);
+        apply_layer(&out, &a[..], &ApplyOptions::default()).unwrap();
+        assert_eq!(describe(&out), describe(&tree));
+    }
+
+    #[test]
+    fn overlay_upper_whiteouts_and_opaque_dirs() {
+        require_root();
+        let tmp = tempfile::tempdir().unwrap();
+        let upper = tmp.path().join("upper");
+        fs::create_dir_all(upper.join("opq")).unwrap();
+        write(&upper.join("opq/kept"), "k");
+        write(&upper.join("added"), "a");
+        let ufd = fsops::open_dir(&upper).unwrap();
+        fsops::mknod_at(
+            ufd.as_fd(),
+            OsStr::new("removed"),
+            FileKind::CharDevice,
+            0,
+            0,
+            0,
+        )
+        .unwrap();
+        let ofd = fsops::open_dir(&upper.join("opq")).unwrap();
+        fsops::set_xattr(ofd.as_fd(), OsStr::new("trusted.overlay.opaque"), b"y").unwrap();
+        fsops::set_xattr(ofd.as_fd(), OsStr::new("user.note"), b"v").unwrap();
+
+        let (tar, _) = write_layer(Vec::new(), DiffSource::Overlay { upper: &upper }).unwrap();
+        let names = entries(&tar);
+        assert_eq!(
+            names,
+            vec![
+                "added",
+                "opq/",
+                "opq/.wh..wh..opq",
+                "opq/kept",
+                ".wh.removed"
+            ]
+        );
+        // Overlay's own xattrs stay out, others are kept (as PAX records).
+        let mut a = tar::Archive::new(&tar[..]);
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            if e.path_bytes().as_ref() == b"opq/" {
+                let exts: Vec<String> = e
+                    .pax_extensions()
+                    .unwrap()
+                    .unwrap()
+                    .map(|x| x.unwrap().key().unwrap().to_string())
+                    .collect();
+                assert_eq!(exts, vec!["SCHILY.xattr.user.note"]);
+            }
+        }
+
+        // Applied onto a lower tree, the layer removes, hides and adds.
+        let lower = tmp.path().join("lower");
+        fs::create_dir_all(lower.join("opq")).unwrap();
+        write(&lower.join("opq/hidden"), "h");
+        write(&lower.join("removed"), "r");
+        write(&lower.join("stays"), "s");
+        apply_layer(&lower, &tar[..], &ApplyOptions::default()).unwrap();
+        assert!(!lower.join("removed").exists());
+        assert!(!lower.join("opq/hidden").exists());
+        assert_eq!(fs::read_to_string(lower.join("opq/kept")).unwrap(), "k");
+        assert_eq!(fs::read_to_string(lower.join("added")).unwrap(), "a");
+        assert!(lower.join("stays").exists());
+    }
+
+    #[test]
+    fn pax_records_count_their_own_length() {
+        for (k, v) in [
+            ("path", "x".repeat(5)),
+            ("path", "y".repeat(93)),
+            ("a", String::new()),
+        ] {
+            let r = pax_record(k.as_bytes(), v.as_bytes());
+            let (len, _) = std::str::from_utf8(&r).unwrap().split_once(' ').unwrap();
+            assert_eq!(len.parse::<usize>().unwrap(), r.len());
+        }
+    }
+}
