@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
 # One-command set-up on a fresh Debian 12 machine, as root: installs what is missing, builds the
 # release binaries, installs them with the default /etc/dagger/engine.toml, starts the engine on
-# the embedded default (unix:///run/dagger/engine.sock, state in /var/lib/dagger) and runs a
-# real query through it.
+# the embedded default (unix:///run/dagger/engine.sock, state in /var/lib/dagger), and runs a
+# real pipeline with the official Python SDK: `dagger run python ci.py` in examples/.
+#
+# The pipeline's base image comes from a registry this script starts on 127.0.0.1 (Debian's
+# docker-registry), holding a busybox image built here offline: nothing leaves the machine.
+#   --docker-hub             use docker.io/library/busybox:1.36 instead (needs internet access)
+#   DAGGER_EXAMPLE_IMAGE=REF use any other image reference
+#   DAGGER_EXAMPLE_REGISTRY  address of the local registry (default 127.0.0.1:5999)
 set -euo pipefail
+
+image=${DAGGER_EXAMPLE_IMAGE:-}
+for arg in "$@"; do
+  case $arg in
+    --docker-hub) image=docker.io/library/busybox:1.36 ;;
+    *) echo "setup: unknown argument $arg (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
@@ -28,3 +42,56 @@ fi
 unset _EXPERIMENTAL_DAGGER_RUNNER_HOST
 dagger version
 echo '{ version defaultPlatform }' | dagger query
+
+# The example registry and its image, unless the user chose another image.
+if [[ -z $image ]]; then
+  registry=${DAGGER_EXAMPLE_REGISTRY:-127.0.0.1:5999}
+  if ! curl -fs -o /dev/null "http://$registry/v2/"; then
+    echo "setup: starting a registry on $registry (storage /var/lib/dagger-example-registry)"
+    install -d /etc/dagger /var/lib/dagger-example-registry /var/log/dagger /run/dagger
+    cat >/etc/dagger/example-registry.yml <<YAML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: /var/lib/dagger-example-registry
+  delete:
+    enabled: true
+http:
+  addr: $registry
+YAML
+    setsid docker-registry serve /etc/dagger/example-registry.yml \
+      >>/var/log/dagger/example-registry.log 2>&1 </dev/null &
+    echo $! >/run/dagger/example-registry.pid
+    for _ in $(seq 1 100); do
+      curl -fs -o /dev/null "http://$registry/v2/" && break
+      sleep 0.1
+    done
+    curl -fs -o /dev/null "http://$registry/v2/" || {
+      echo "setup: the registry did not start; see /var/log/dagger/example-registry.log" >&2
+      exit 1
+    }
+  fi
+  image=$registry/example/busybox:latest
+  echo "setup: building the example image offline and pushing it to $image"
+  tests/scripts/build-images.sh /var/cache/dagger-example >/dev/null 2>&1 || {
+    echo "setup: building the example image failed; run tests/scripts/build-images.sh /var/cache/dagger-example to see why" >&2
+    exit 1
+  }
+  skopeo copy -q --dest-tls-verify=false \
+    oci:/var/cache/dagger-example/oci:busybox "docker://$image"
+fi
+
+# The official Python SDK, pinned where the tests pin it.
+venv=.venv
+if [[ ! -x $venv/bin/python ]] || ! cmp -s tests/sdk/requirements.txt "$venv/.requirements"; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r tests/sdk/requirements.txt
+  cp tests/sdk/requirements.txt "$venv/.requirements"
+fi
+
+echo "setup: dagger run python ci.py (base image $image)"
+cd examples
+CI_IMAGE=$image dagger run ../$venv/bin/python ci.py

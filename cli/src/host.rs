@@ -6,6 +6,11 @@
 //! engine whether it already holds that tar (`GET /upload/<sha256>`), uploads it otherwise
 //! (`POST /upload`), and answers the SDK with the Directory or File ID the engine returned.
 //!
+//! Secrets named by the client are read here too: `{ secret(uri: "env://NAME") { id } }`
+//! (`env://` from the session's environment, `file://` relative to its working directory) and
+//! `{ host { setSecretFile(name: ..., path: ...) { id } } }` become a `setSecret` on the engine,
+//! sent with GraphQL variables so the value never appears in a query text.
+//!
 //! Only that shape is served, which is the one the SDKs send (they resolve a host object to an
 //! ID in a query of its own). Any other use of `host` gets a GraphQL error.
 
@@ -45,13 +50,22 @@ pub enum HostObject {
     File {
         path: String,
     },
+    /// `Host.setSecretFile(name, path)`.
+    SecretFile {
+        name: String,
+        path: String,
+    },
+    /// `Query.secret(uri)`: `env://NAME` or `file://PATH`, read on this machine.
+    SecretUri {
+        uri: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostCall {
-    /// Response keys: the alias when there is one, else the field name.
-    pub host_key: String,
-    pub field_key: String,
+    /// Response keys down to the object (`[host, directory]`, or `[secret]`): the alias when
+    /// there is one, else the field name.
+    pub keys: Vec<String>,
     pub id_key: String,
     /// The selection set under the host field, when it is more than `{ id }`: sent to the
     /// engine on `loadDirectoryFromID`/`loadFileFromID` once the upload is done.
@@ -64,11 +78,21 @@ impl HostCall {
     pub fn answer(&self, id: &str) -> Value {
         let mut id_obj = serde_json::Map::new();
         id_obj.insert(self.id_key.clone(), json!(id));
-        let mut field = serde_json::Map::new();
-        field.insert(self.field_key.clone(), Value::Object(id_obj));
-        let mut host = serde_json::Map::new();
-        host.insert(self.host_key.clone(), Value::Object(field));
-        json!({ "data": Value::Object(host) })
+        json!({ "data": self.nest(Value::Object(id_obj)) })
+    }
+
+    /// `value` under the client's response keys, outermost last.
+    fn nest(&self, value: Value) -> Value {
+        self.keys.iter().rev().fold(value, |inner, key| {
+            let mut m = serde_json::Map::new();
+            m.insert(key.clone(), inner);
+            Value::Object(m)
+        })
+    }
+
+    /// Where errors about the object point.
+    fn error_path(&self) -> Value {
+        json!(self.keys)
     }
 }
 
@@ -341,9 +365,9 @@ impl Parser {
     }
 }
 
-/// Finds what `query` asks of `host`. Cheap when the text does not mention `host`.
+/// Finds what `query` asks of `host` (or of `secret`). Cheap when the text mentions neither.
 pub fn scan(query: &str) -> HostQuery {
-    if !query.contains("host") {
+    if !mentions_client_fields(query.as_bytes()) {
         return HostQuery::NotHost;
     }
     let (toks, spans) = match lex(query) {
@@ -388,6 +412,11 @@ pub fn scan(query: &str) -> HostQuery {
         }
         Err(_) => return HostQuery::NotHost,
     };
+    if let [secret] = top.as_slice() {
+        if secret.name == "secret" {
+            return scan_secret(query, &p, secret);
+        }
+    }
     if !top.iter().any(|f| f.name == "host") {
         return HostQuery::NotHost;
     }
@@ -412,7 +441,7 @@ pub fn scan(query: &str) -> HostQuery {
         return unsupported("selecting several Host fields at once");
     }
     let field = &host.selections[0];
-    if !matches!(field.name.as_str(), "directory" | "file") {
+    if !matches!(field.name.as_str(), "directory" | "file" | "setSecretFile") {
         return unsupported(&format!("Host.{}", field.name));
     }
     if field.fancy || field.selection_text.is_none() {
@@ -442,11 +471,13 @@ pub fn scan(query: &str) -> HostQuery {
         )
     };
     let mut path = None;
+    let mut secret_name = None;
     let mut include = Vec::new();
     let mut exclude = Vec::new();
     for (name, value) in &field.args {
         match (field.name.as_str(), name.as_str(), value) {
             (_, "path", Val::Str(s)) => path = Some(s.clone()),
+            ("setSecretFile", "name", Val::Str(s)) => secret_name = Some(s.clone()),
             ("directory", "include" | "exclude", Val::List(items)) => {
                 let mut strings = Vec::new();
                 for item in items {
@@ -487,21 +518,76 @@ pub fn scan(query: &str) -> HostQuery {
     let Some(path) = path else {
         return unsupported(&format!("Host.{} without a string path", field.name));
     };
-    let object = if field.name == "directory" {
-        HostObject::Directory {
+    let object = match field.name.as_str() {
+        "directory" => HostObject::Directory {
             path,
             include,
             exclude,
-        }
-    } else {
-        HostObject::File { path }
+        },
+        "setSecretFile" => match secret_name {
+            Some(name) => HostObject::SecretFile { name, path },
+            None => return unsupported("Host.setSecretFile without a string name"),
+        },
+        _ => HostObject::File { path },
     };
     HostQuery::Call(HostCall {
-        host_key: host.key().to_string(),
-        field_key: field.key().to_string(),
+        keys: vec![host.key().to_string(), field.key().to_string()],
         id_key: field.selections[0].key().to_string(),
         forward,
         object,
+    })
+}
+
+/// Whether a document may use `host` or `secret`: the cheap test before any parsing.
+pub fn mentions_client_fields(query: &[u8]) -> bool {
+    query.windows(4).any(|w| w == b"host") || query.windows(6).any(|w| w == b"secret")
+}
+
+/// `{ secret(uri: "...") { id } }`, alone in its document.
+fn scan_secret(query: &str, p: &Parser, secret: &Field) -> HostQuery {
+    let unsupported = |what: &str| {
+        HostQuery::Unsupported(format!(
+            "{what} is not served by this dagger session: client secrets are resolved one at a \
+             time, as `{{ secret(uri: \"env://NAME\") {{ id }} }}`"
+        ))
+    };
+    if p.peek().is_some() {
+        return unsupported("a document with several operations using secret");
+    }
+    let uri = match secret.args.as_slice() {
+        [(name, Val::Str(uri))] if name == "uri" => uri.clone(),
+        _ => return unsupported("Query.secret without a single string uri argument"),
+    };
+    if secret.fancy || secret.selection_text.is_none() || secret.selections.is_empty() {
+        return unsupported("this selection on Query.secret");
+    }
+    let id_only = secret.selections.len() == 1
+        && secret.selections[0].name == "id"
+        && !secret.selections[0].fancy
+        && secret.selections[0].args.is_empty();
+    let forward = if id_only {
+        None
+    } else if p
+        .toks
+        .iter()
+        .any(|t| matches!(t, Tok::Other(o) if o == "$"))
+    {
+        return unsupported("variables in a secret query");
+    } else {
+        let (start, end) = secret.selection_text.expect("checked");
+        Some(
+            query
+                .chars()
+                .skip(start)
+                .take(end - start)
+                .collect::<String>(),
+        )
+    };
+    HostQuery::Call(HostCall {
+        keys: vec![secret.key().to_string()],
+        id_key: secret.selections[0].key().to_string(),
+        forward,
+        object: HostObject::SecretUri { uri },
     })
 }
 
@@ -677,12 +763,12 @@ pub async fn serve(call: &HostCall, client: &Client) -> Value {
             Ok(v) => v,
             Err(e) => json!({
                 "data": null,
-                "errors": [{ "message": format!("{e:#}"), "path": [call.host_key, call.field_key] }],
+                "errors": [{ "message": format!("{e:#}"), "path": call.error_path() }],
             }),
         },
         (Err(e), _) => json!({
             "data": null,
-            "errors": [{ "message": format!("{e:#}"), "path": [call.host_key, call.field_key] }],
+            "errors": [{ "message": format!("{e:#}"), "path": call.error_path() }],
         }),
     }
 }
@@ -697,19 +783,21 @@ async fn forward(
     let loader = match call.object {
         HostObject::Directory { .. } => "loadDirectoryFromID",
         HostObject::File { .. } => "loadFileFromID",
+        HostObject::SecretFile { .. } | HostObject::SecretUri { .. } => "loadSecretFromID",
     };
-    let document = format!(
-        "{{ {}: {loader}(id: {}) {selection} }}",
-        call.field_key,
-        json!(id)
-    );
+    let (last, outer) = call.keys.split_last().expect("at least one key");
+    let document = format!("{{ {last}: {loader}(id: {}) {selection} }}", json!(id));
     let answer = client.query(&document).await?.body;
     let mut out = serde_json::Map::new();
     let data = &answer["data"];
+    let outer_call = HostCall {
+        keys: outer.to_vec(),
+        ..call.clone()
+    };
     out.insert(
         "data".into(),
         if data.is_object() {
-            json!({ call.host_key.clone(): data })
+            outer_call.nest(data.clone())
         } else {
             Value::Null
         },
@@ -720,7 +808,7 @@ async fn forward(
             .map(|e| {
                 let mut e = e.clone();
                 if let Some(path) = e["path"].as_array() {
-                    let mut p = vec![json!(call.host_key)];
+                    let mut p: Vec<Value> = outer.iter().map(|k| json!(k)).collect();
                     p.extend(path.iter().cloned());
                     e["path"] = Value::Array(p);
                 }
@@ -734,6 +822,20 @@ async fn forward(
 
 async fn resolve(call: &HostCall, client: &Client) -> anyhow::Result<String> {
     let object = call.object.clone();
+    match &object {
+        HostObject::SecretFile { name, path } => {
+            let path = host_path(path)?;
+            let value = tokio::fs::read(&path)
+                .await
+                .with_context(|| format!("reading the secret file {}", path.display()))?;
+            return set_secret(client, name, value).await;
+        }
+        HostObject::SecretUri { uri } => {
+            let value = read_secret_uri(uri)?;
+            return set_secret(client, uri, value).await;
+        }
+        HostObject::Directory { .. } | HostObject::File { .. } => {}
+    }
     let (file, tar) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         match &object {
             HostObject::Directory {
@@ -744,6 +846,9 @@ async fn resolve(call: &HostCall, client: &Client) -> anyhow::Result<String> {
             HostObject::File { path } => {
                 let (name, tar) = pack_file(&host_path(path)?)?;
                 Ok((Some(name), tar))
+            }
+            HostObject::SecretFile { .. } | HostObject::SecretUri { .. } => {
+                unreachable!("answered above")
             }
         }
     })
@@ -792,6 +897,51 @@ async fn resolve(call: &HostCall, client: &Client) -> anyhow::Result<String> {
         .as_str()
         .map(String::from)
         .ok_or_else(|| anyhow::anyhow!("the engine's upload answer has no {key} ID: {answer}"))
+}
+
+/// The value of `env://NAME` (this process's environment: the SDK program's, which spawned or
+/// ran this session) or `file://PATH` (relative to the session's working directory).
+fn read_secret_uri(uri: &str) -> anyhow::Result<Vec<u8>> {
+    if let Some(name) = uri.strip_prefix("env://") {
+        return std::env::var_os(name)
+            .map(|v| v.into_encoded_bytes())
+            .ok_or_else(|| anyhow::anyhow!("secret {uri}: the variable {name} is not set"));
+    }
+    if let Some(path) = uri.strip_prefix("file://") {
+        let path = host_path(path)?;
+        return std::fs::read(&path)
+            .with_context(|| format!("secret {uri}: reading {}", path.display()));
+    }
+    bail!("unsupported secret URI {uri:?}: expected env://NAME or file://PATH")
+}
+
+/// Hands a value read here to the engine as `setSecret`. The value travels as a GraphQL
+/// variable, so no query text (which engines may log) ever holds it; errors name the secret,
+/// never the value.
+async fn set_secret(client: &Client, name: &str, value: Vec<u8>) -> anyhow::Result<String> {
+    let plaintext = String::from_utf8(value)
+        .map_err(|_| anyhow::anyhow!("secret {name:?} is not UTF-8 text, which setSecret needs"))?;
+    let body = json!({
+        "query": "query($name: String!, $plaintext: String!) { setSecret(name: $name, plaintext: $plaintext) { id } }",
+        "variables": { "name": name, "plaintext": plaintext },
+    });
+    let (status, body) = client
+        .send(
+            hyper::Method::POST,
+            "/query",
+            "application/json",
+            body.to_string().into_bytes(),
+        )
+        .await?;
+    let answer: Value = serde_json::from_slice(&body)
+        .with_context(|| format!("the engine answered setSecret with HTTP {status}, not JSON"))?;
+    if let Some(message) = answer["errors"][0]["message"].as_str() {
+        bail!("{message}");
+    }
+    answer["data"]["setSecret"]["id"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| anyhow::anyhow!("the engine's setSecret answer has no ID"))
 }
 
 #[cfg(test)]
@@ -855,6 +1005,73 @@ mod tests {
                 path: "/etc/hostname".into()
             }
         );
+    }
+
+    #[test]
+    fn client_secrets_are_recognised() {
+        // As the Python SDK sends them (aliases) and as the TypeScript SDK does.
+        let py = call("{\n  secret: secret(uri: \"env://TOKEN\") {\n    id: id\n  }\n}");
+        assert_eq!(
+            py.object,
+            HostObject::SecretUri {
+                uri: "env://TOKEN".into()
+            }
+        );
+        assert_eq!(py.answer("S"), json!({"data": {"secret": {"id": "S"}}}));
+        let ts = call(r#"{ s: secret (uri: "file://tok.txt") { id } }"#);
+        assert_eq!(ts.answer("S"), json!({"data": {"s": {"id": "S"}}}));
+        let chained = call(r#"{ secret(uri: "env://T") { plaintext } }"#);
+        assert_eq!(chained.forward.as_deref(), Some("{ plaintext }"));
+        let file = call(r#"{ host { setSecretFile(name: "k", path: "key.pem") { id } } }"#);
+        assert_eq!(
+            file.object,
+            HostObject::SecretFile {
+                name: "k".into(),
+                path: "key.pem".into()
+            }
+        );
+        assert_eq!(
+            file.answer("S"),
+            json!({"data": {"host": {"setSecretFile": {"id": "S"}}}})
+        );
+        // A secret ID passed as an argument is not a client secret.
+        for q in [
+            r#"{ container { withSecretVariable(name: "A", secret: "xyz") { id } } }"#,
+            r#"{ setSecret(name: "secret", plaintext: "p") { id } }"#,
+        ] {
+            assert_eq!(scan(q), HostQuery::NotHost, "{q}");
+        }
+        for q in [
+            r#"{ secret(uri: "env://A") { id } version }"#,
+            r#"{ secret { id } }"#,
+            r#"{ host { setSecretFile(path: "x") { id } } }"#,
+        ] {
+            assert!(
+                matches!(scan(q), HostQuery::Unsupported(_) | HostQuery::NotHost),
+                "{q}"
+            );
+        }
+        assert!(matches!(
+            scan(r#"{ secret(uri: "env://A") { id } }"#),
+            HostQuery::Call(_)
+        ));
+    }
+
+    #[test]
+    fn secret_uris_read_this_machine() {
+        std::env::set_var("DAGGER_CLI_TEST_SECRET", "v1");
+        assert_eq!(
+            read_secret_uri("env://DAGGER_CLI_TEST_SECRET").unwrap(),
+            b"v1"
+        );
+        let err = read_secret_uri("env://DAGGER_CLI_TEST_NOT_SET").unwrap_err();
+        assert!(format!("{err:#}").contains("not set"), "{err:#}");
+        let path = std::env::temp_dir().join(format!("dagger-cli-secret-{}", std::process::id()));
+        std::fs::write(&path, "from-file").unwrap();
+        let read = read_secret_uri(&format!("file://{}", path.display()));
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(read.unwrap(), b"from-file");
+        assert!(read_secret_uri("vault://x").is_err());
     }
 
     #[test]

@@ -181,10 +181,34 @@ impl SessionProcess {
 
     /// Runs `dagger session ARGS` with `_EXPERIMENTAL_DAGGER_RUNNER_HOST=runner_host`.
     pub fn start_with_runner_host(runner_host: &str, args: &[&str]) -> SessionProcess {
-        let mut child = Command::new(bin("dagger"))
+        Self::start_configured(runner_host, args, None, &[])
+    }
+
+    /// Runs `dagger session` against `engine` in working directory `cwd` with extra
+    /// environment variables, as an SDK program in that directory would.
+    pub fn start_in(
+        engine: &Engine,
+        cwd: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> SessionProcess {
+        Self::start_configured(&engine.runner_host(), &[], Some(cwd), env)
+    }
+
+    fn start_configured(
+        runner_host: &str,
+        args: &[&str],
+        cwd: Option<&std::path::Path>,
+        env: &[(&str, &str)],
+    ) -> SessionProcess {
+        let mut cmd = Command::new(bin("dagger"));
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd
             .arg("session")
             .args(args)
             .env("_EXPERIMENTAL_DAGGER_RUNNER_HOST", runner_host)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

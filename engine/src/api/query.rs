@@ -4,7 +4,7 @@ use super::scalars::{
 };
 use super::{ApiState, Container, Directory, File, PlatformScalar};
 use super::{CacheVolume, Secret};
-use crate::solver::node::{CacheVolumeNode, SecretNode};
+use crate::solver::node::CacheVolumeNode;
 use crate::solver::node::{ContainerNode, DirectoryNode};
 use async_graphql::{Context, Object, Result, ID};
 use std::sync::Arc;
@@ -166,15 +166,19 @@ impl QueryRoot {
         Ok(Secret(state.solver.set_secret(&name, plaintext.as_bytes())))
     }
 
-    /// Creates a new secret from a URI: env://NAME or file://PATH (read where the engine runs).
-    async fn secret(&self, ctx: &Context<'_>, uri: String) -> Result<Secret> {
-        let state = ctx.data_unchecked::<Arc<ApiState>>();
-        let node = SecretNode::Uri { uri };
-        state
-            .solver
-            .secret_plaintext(&node)
-            .map_err(|e| super::solve_error(&e))?;
-        Ok(Secret(node))
+    /// Creates a new secret from a URI: env://NAME or file://PATH, read on the client's machine.
+    ///
+    /// The dagger CLI's session answers this itself (it reads the value where the SDK runs and
+    /// hands it over with setSecret). An engine never reads its own environment or files for a
+    /// client: that would hand the engine's credentials to anyone who can send a query.
+    async fn secret(&self, uri: String) -> Result<Secret> {
+        let _ = uri;
+        Err(super::gql_error(
+            crate::ErrorKind::InvalidArgument,
+            "secret(uri) is resolved on the client's machine by the dagger CLI: send it through \
+             `dagger run`, `dagger session` or `dagger query`, or use setSecret"
+                .into(),
+        ))
     }
 
     /// Load a CacheVolume from its ID.

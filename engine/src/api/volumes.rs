@@ -33,7 +33,6 @@ impl Secret {
     async fn name(&self) -> String {
         match &self.0 {
             SecretNode::Set { name, .. } => name.clone(),
-            SecretNode::Uri { uri } => uri.clone(),
         }
     }
 
@@ -55,8 +54,9 @@ impl Secret {
     /// The URI of this secret.
     async fn uri(&self) -> String {
         match &self.0 {
+            // The dagger CLI names a secret it read from `env://X` or `file://P` by that URI.
+            SecretNode::Set { name, .. } if name.contains("://") => name.clone(),
             SecretNode::Set { name, .. } => format!("name://{name}"),
-            SecretNode::Uri { uri } => uri.clone(),
         }
     }
 }

@@ -113,13 +113,12 @@ pub enum Sharing {
 }
 
 /// A secret. Its value is never part of the node (nodes are IDs, cache keys and logs):
-/// `setSecret` values are held in engine memory under a salted digest; `secret(uri)` values
-/// are read from the engine's environment or files when an exec needs them.
+/// `setSecret` values are held in engine memory under a salted digest. (`secret(uri)` is read
+/// on the client's machine by the dagger CLI, which hands the value over with `setSecret`.)
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "from", rename_all = "camelCase")]
 pub enum SecretNode {
     Set { name: String, handle: String },
-    Uri { uri: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

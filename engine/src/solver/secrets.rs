@@ -70,16 +70,13 @@ impl Secrets {
                         "secret {name:?} is not known to this engine (secrets live in memory: set it again after an engine restart)"
                     ))
                 }),
-            SecretNode::Uri { uri } => read_uri(uri),
         }
     }
 
     /// What a cache key may contain for a secret: a salted digest of its current value.
     pub fn key_material(&self, node: &SecretNode) -> Result<String> {
-        Ok(match node {
-            SecretNode::Set { handle, .. } => handle.clone(),
-            SecretNode::Uri { uri } => self.handle(uri, &self.plaintext(node)?),
-        })
+        let SecretNode::Set { handle, .. } = node;
+        Ok(handle.clone())
     }
 }
 
@@ -87,25 +84,6 @@ impl Default for Secrets {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// `env://NAME` and `file://PATH`, resolved where the engine runs (until client sessions
-/// resolve them on the client's machine).
-fn read_uri(uri: &str) -> Result<Vec<u8>> {
-    if let Some(name) = uri.strip_prefix("env://") {
-        return std::env::var_os(name)
-            .map(|v| v.into_encoded_bytes())
-            .ok_or_else(|| {
-                SolveError::InvalidArgument(format!("secret {uri}: the variable is not set"))
-            });
-    }
-    if let Some(path) = uri.strip_prefix("file://") {
-        return std::fs::read(path)
-            .map_err(|e| SolveError::InvalidArgument(format!("secret {uri}: {e}")));
-    }
-    Err(SolveError::InvalidArgument(format!(
-        "unsupported secret URI {uri:?}: expected env://NAME or file://PATH"
-    )))
 }
 
 /// Replaces every secret value in `text` with `***`.
@@ -140,27 +118,5 @@ mod tests {
             scrub("the token is hunter2!", &[b"hunter2".to_vec()]),
             "the token is ***!"
         );
-    }
-
-    #[test]
-    fn uris() {
-        std::env::set_var("DAGGER_TEST_SECRET_URI", "v1");
-        let s = Secrets::new();
-        let n = SecretNode::Uri {
-            uri: "env://DAGGER_TEST_SECRET_URI".into(),
-        };
-        assert_eq!(s.plaintext(&n).unwrap(), b"v1");
-        assert!(s
-            .plaintext(&SecretNode::Uri {
-                uri: "env://NOPE_NOT_SET_X".into()
-            })
-            .is_err());
-        assert!(s
-            .plaintext(&SecretNode::Uri {
-                uri: "vault://x".into()
-            })
-            .is_err());
-        let k = s.key_material(&n).unwrap();
-        assert!(!k.contains("v1"));
     }
 }
