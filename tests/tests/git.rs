@@ -509,6 +509,103 @@ fn trees_keep_or_discard_git_dir_and_are_cached() {
 }
 
 #[test]
+fn private_repo_with_http_auth_token_and_header_secrets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("srv");
+    std::fs::create_dir_all(&root).unwrap();
+    let w = work_tree(tmp.path(), "tok-work");
+    let sha = commit(&w, &[("secret.txt", "by token\n")], "private");
+    publish(&w, &root, "private");
+    let named = http_server(&root, Some(&format!("{USER}:{TOKEN}")));
+    // Dagger's default user name for a token.
+    let default_user = http_server(&root, Some(&format!("x-access-token:{TOKEN}")));
+    let engine = Engine::start(EngineOptions::default());
+    let secret_id = |value: &str| {
+        engine.query_ok(&format!(
+            "{{ setSecret(name: \"git-token\", plaintext: {}) {{ id }} }}",
+            lit(value)
+        ))["setSecret"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let token = secret_id(TOKEN);
+    let read = |port: u16, args: &str| {
+        engine.query(&format!(
+            r#"{{ git(url: "http://127.0.0.1:{port}/private.git", {args}) {{ url head {{ commit tree(discardGitDir: true) {{ file(path: "secret.txt") {{ contents }} }} }} }} }}"#
+        ))
+    };
+
+    // Token with a user name, token with the default user name, and a whole header.
+    let header = secret_id(&format!("Basic {}", base64_of(&format!("{USER}:{TOKEN}"))));
+    for (port, args) in [
+        (
+            named.port,
+            format!(
+                "httpAuthUsername: {}, httpAuthToken: {}",
+                lit(USER),
+                lit(&token)
+            ),
+        ),
+        (default_user.port, format!("httpAuthToken: {}", lit(&token))),
+        (named.port, format!("httpAuthHeader: {}", lit(&header))),
+    ] {
+        let v = read(port, &args);
+        assert!(v["errors"].is_null(), "{args}: {v}");
+        assert_eq!(v["data"]["git"]["head"]["commit"], sha.as_str(), "{args}");
+        assert_eq!(
+            v["data"]["git"]["head"]["tree"]["file"]["contents"], "by token\n",
+            "{args}"
+        );
+        assert_eq!(
+            v["data"]["git"]["url"],
+            format!("http://127.0.0.1:{port}/private.git"),
+            "{args}"
+        );
+    }
+
+    // A wrong token: permission denied, and the message carries no form of it.
+    let wrong = secret_id(WRONG);
+    let (msg, code) = query_err(
+        &engine,
+        &format!(
+            r#"{{ git(url: "http://127.0.0.1:{}/private.git", httpAuthUsername: {}, httpAuthToken: {}) {{ head {{ commit }} }} }}"#,
+            named.port,
+            lit(USER),
+            lit(&wrong)
+        ),
+    );
+    assert_eq!(code, "PERMISSION_DENIED", "{msg}");
+    assert!(!msg.contains(WRONG), "{msg}");
+    // HTTP credentials on a git:// URL are refused.
+    let (msg, code) = query_err(
+        &engine,
+        &format!(
+            r#"{{ git(url: "git://127.0.0.1:1/x.git", httpAuthToken: {}) {{ head {{ commit }} }} }}"#,
+            lit(&token)
+        ),
+    );
+    assert_eq!(code, "INVALID_ARGUMENT", "{msg}");
+    let log = engine.log();
+    for secret in [TOKEN, WRONG] {
+        assert!(!log.contains(secret), "{secret} in the engine log");
+    }
+    assert!(!log.contains(&base64_of(&format!("{USER}:{TOKEN}"))));
+}
+
+fn base64_of(s: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("base64")
+        .arg("-w0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+}
+
+#[test]
 fn private_repo_over_smart_http_with_credentials_in_the_url() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("srv");

@@ -26,6 +26,45 @@ struct RepoState {
 #[derive(Clone)]
 pub struct GitRepository(Arc<RepoState>);
 
+/// `Query.git(httpAuthUsername, httpAuthToken, httpAuthHeader)`.
+pub(crate) struct HttpAuthArgs {
+    pub username: String,
+    pub token: Option<super::Secret>,
+    pub header: Option<super::Secret>,
+}
+
+impl HttpAuthArgs {
+    /// The secrets' values, as git will send them; `None` when no secret was given. A header
+    /// wins over a token, as in Dagger.
+    fn credentials(self, ctx: &Context<'_>) -> Result<Option<crate::git::HttpCredentials>> {
+        let value = |secret: &super::Secret, what: &str| -> Result<String> {
+            let bytes = state(ctx)
+                .solver
+                .secret_plaintext(&secret.0)
+                .map_err(|e| super::solve_error(&e))?;
+            String::from_utf8(bytes).map_err(|_| {
+                gql_error(
+                    ErrorKind::InvalidArgument,
+                    format!("the {what} secret is not UTF-8 text"),
+                )
+            })
+        };
+        if let Some(header) = &self.header {
+            return Ok(Some(crate::git::HttpCredentials::Header(value(
+                header,
+                "httpAuthHeader",
+            )?)));
+        }
+        if let Some(token) = &self.token {
+            return Ok(Some(crate::git::HttpCredentials::Token {
+                username: self.username,
+                token: value(token, "httpAuthToken")?,
+            }));
+        }
+        Ok(None)
+    }
+}
+
 impl GitRepository {
     /// `Query.git`: validates the URL now (a bad URL fails here, not at the first ref).
     pub(crate) fn open(
@@ -33,10 +72,12 @@ impl GitRepository {
         url: &str,
         keep_git_dir: bool,
         ssh_known_hosts: &str,
+        auth: HttpAuthArgs,
     ) -> Result<Self> {
+        let credentials = auth.credentials(ctx)?;
         let remote = state(ctx)
             .git
-            .remote(url, ssh_known_hosts)
+            .remote(url, ssh_known_hosts, credentials)
             .map_err(|e| classified(&e))?;
         Ok(GitRepository(Arc::new(RepoState {
             remote,

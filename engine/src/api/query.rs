@@ -71,6 +71,7 @@ impl QueryRoot {
     }
 
     /// Queries a Git repository.
+    #[allow(clippy::too_many_arguments)] // one per GraphQL argument
     async fn git(
         &self,
         ctx: &Context<'_>,
@@ -85,8 +86,26 @@ impl QueryRoot {
         )]
         keep_git_dir: bool,
         #[graphql(default, desc = "Set SSH known hosts")] ssh_known_hosts: String,
+        #[graphql(
+            default,
+            desc = "Username used to populate the password during basic HTTP Authorization"
+        )]
+        http_auth_username: String,
+        #[graphql(desc = "Secret used to populate the password during basic HTTP Authorization")]
+        http_auth_token: Option<SecretId>,
+        #[graphql(desc = "Secret used to populate the Authorization HTTP header")]
+        http_auth_header: Option<SecretId>,
     ) -> async_graphql::Result<super::GitRepository> {
-        super::GitRepository::open(ctx, &url, keep_git_dir, &ssh_known_hosts)
+        let auth = super::git::HttpAuthArgs {
+            username: http_auth_username,
+            token: http_auth_token
+                .map(|id| node::load_secret(&id.0))
+                .transpose()?,
+            header: http_auth_header
+                .map(|id| node::load_secret(&id.0))
+                .transpose()?,
+        };
+        super::GitRepository::open(ctx, &url, keep_git_dir, &ssh_known_hosts, auth)
     }
 
     /// Load any object by its ID.

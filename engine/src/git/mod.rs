@@ -17,7 +17,7 @@ mod refs;
 mod url;
 
 pub use refs::{check_user_ref, is_commit_sha, LookupError, Ref, RemoteRefs};
-pub use url::{GitUrl, Scheme};
+pub use url::{GitUrl, HttpCredentials, Scheme, DEFAULT_TOKEN_USERNAME};
 
 use crate::error::{Classify, ErrorKind};
 use crate::snapshot::{SnapshotError, SnapshotId, Snapshotter};
@@ -194,8 +194,17 @@ impl GitService {
     }
 
     /// Validates a remote. ssh needs an agent socket, which the API cannot pass yet.
-    pub fn remote(&self, url: &str, ssh_known_hosts: &str) -> Result<GitRemote, GitError> {
-        let url = GitUrl::parse(url)?;
+    /// `credentials`, when given, replace any in the URL.
+    pub fn remote(
+        &self,
+        url: &str,
+        ssh_known_hosts: &str,
+        credentials: Option<HttpCredentials>,
+    ) -> Result<GitRemote, GitError> {
+        let mut url = GitUrl::parse(url)?;
+        if let Some(creds) = credentials {
+            url = url.with_credentials(creds)?;
+        }
         if url.scheme() == Scheme::Ssh {
             return Err(GitError::Unsupported {
                 url: url.display().to_string(),
@@ -882,7 +891,7 @@ mod tests {
             meta,
         );
         let git = GitService::new(dir.path().join("git"), snaps).unwrap();
-        let key = |u: &str| git.remote(u, "").unwrap().key;
+        let key = |u: &str| git.remote(u, "", None).unwrap().key;
         assert_eq!(
             key("https://Example.com/r.git"),
             key("https://example.com:443/r.git")
@@ -895,7 +904,7 @@ mod tests {
             key("https://u:a@example.com/r.git"),
             key("https://u:b@example.com/r.git")
         );
-        let e = git.remote("git@github.com:o/r.git", "").unwrap_err();
+        let e = git.remote("git@github.com:o/r.git", "", None).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
         assert!(e.to_string().contains("sshAuthSocket"), "{e}");
         assert!(dir.path().join("git/home").is_dir());

@@ -18,6 +18,18 @@ pub enum Scheme {
     Ssh,
 }
 
+/// The user name sent with `httpAuthToken` when `httpAuthUsername` is empty, as Dagger does
+/// (the name GitHub and GitLab accept for tokens).
+pub const DEFAULT_TOKEN_USERNAME: &str = "x-access-token";
+
+/// Credentials given apart from the URL. Deliberately not `Debug`.
+pub enum HttpCredentials {
+    /// Basic authentication with a token as the password.
+    Token { username: String, token: String },
+    /// The whole `Authorization` header value (e.g. `Bearer ...`).
+    Header(String),
+}
+
 /// HTTP credentials taken from a URL. Deliberately not `Debug`.
 #[derive(Clone)]
 pub(crate) struct HttpAuth {
@@ -205,6 +217,38 @@ impl GitUrl {
 
     pub(crate) fn auth(&self) -> Option<&HttpAuth> {
         self.auth.as_ref()
+    }
+
+    /// Replaces the URL's credentials with ones given apart from it (`httpAuthToken`,
+    /// `httpAuthHeader`). Only http(s) URLs carry HTTP credentials.
+    pub fn with_credentials(mut self, creds: HttpCredentials) -> Result<GitUrl, GitError> {
+        if !matches!(self.scheme, Scheme::Https | Scheme::Http) {
+            return Err(GitError::InvalidUrl {
+                url: self.display.clone(),
+                reason:
+                    "HTTP credentials (httpAuthToken, httpAuthHeader) need an http or https URL"
+                        .into(),
+            });
+        }
+        let (header, mut secrets) = match creds {
+            HttpCredentials::Token { username, token } => {
+                let username = if username.is_empty() {
+                    DEFAULT_TOKEN_USERNAME.to_string()
+                } else {
+                    username
+                };
+                let pair = format!("{username}:{token}");
+                let encoded = base64::engine::general_purpose::STANDARD.encode(pair.as_bytes());
+                (format!("Basic {encoded}"), vec![encoded, pair, token])
+            }
+            HttpCredentials::Header(value) => (value.clone(), vec![value]),
+        };
+        // Very short strings would mask unrelated text and protect nothing.
+        secrets.retain(|s| s.len() >= 3);
+        self.auth = Some(HttpAuth { header, secrets });
+        // The URL itself no longer names a user: show it as git is given it.
+        self.display = self.remote.clone();
+        Ok(self)
     }
 
     /// Masks user-info in URLs and every known form of this URL's secrets in `text`.
