@@ -21,6 +21,7 @@ PACKAGES=(
   busybox-static    # the test images' contents
   openssl           # registry tests: TLS certificates, token signing
   apache2-utils     # registry tests: htpasswd (bcrypt) for Basic auth
+  podman            # publish tests: pulls and runs a published image
 )
 
 if [[ $(id -u) != 0 ]]; then

@@ -10,6 +10,7 @@ use dagger_engine::registry::{
     RegistryOptions,
 };
 use dagger_integration_tests::images::{self, Format};
+use dagger_integration_tests::{Engine, EngineOptions};
 use dagger_integration_tests::registry::{
     require_binary, run, FakeRegistry, FakeRequest, FakeResponse, Mode, TestRegistry, PASS, USER,
 };
@@ -573,4 +574,498 @@ async fn manifest_errors_show_the_registry_message_and_digests_are_checked() {
         matches!(e, RegistryError::HeaderDigestMismatch { .. }),
         "{e}"
     );
+}
+
+// ---- Container.publish end to end ----
+
+/// engine.toml lines that make the engine trust `reg`.
+fn registry_toml(reg: &TestRegistry) -> String {
+    match &reg.ca {
+        Some(ca) => format!(
+            "[registry.\"{}\"]\nhttp = false\nca = [\"{}\"]\n",
+            reg.addr,
+            ca.display()
+        ),
+        None => String::new(),
+    }
+}
+
+/// Standard base64 (padded), so the tests need no extra crate.
+fn base64(s: &str) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in s.as_bytes().chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &x)| acc | (x as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A fresh engine that trusts `reg` and holds `creds` for `host` (a DOCKER_CONFIG).
+fn engine_with(reg: &TestRegistry, host: &str, creds: Option<(&str, &str)>) -> Engine {
+    let dir = tempfile::tempdir().unwrap().keep().join("docker");
+    std::fs::create_dir_all(&dir).unwrap();
+    if let Some((u, p)) = creds {
+        let cfg = serde_json::json!({ "auths": { host: { "auth": base64(&format!("{u}:{p}")) } } });
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    }
+    Engine::start(EngineOptions {
+        config: Some(registry_toml(reg)),
+        env: vec![("DOCKER_CONFIG".into(), dir.display().to_string())],
+        ..Default::default()
+    })
+}
+
+fn engine_for(reg: &TestRegistry) -> Engine {
+    engine_with(reg, &reg.addr, reg.creds())
+}
+
+/// The pipeline the publish tests build: an image plus an exec, a new file, env and an
+/// entrypoint. `publish_args` is the inside of `publish(...)`.
+fn build_and_publish(base: &str, publish_args: &str) -> String {
+    format!(
+        r#"{{ container {{ from(address: "{base}") {{
+            withExec(args: ["sh", "-c", "echo built > /built.txt"]) {{
+            withNewFile(path: "/hello.txt", contents: "hello from publish") {{
+            withEnvVariable(name: "GREETING", value: "hi") {{
+            withEntrypoint(args: ["/bin/sh", "-c"]) {{
+                publish({publish_args})
+            }} }} }} }} }} }} }}"#
+    )
+}
+
+fn published(data: &serde_json::Value) -> String {
+    data["container"]["from"]["withExec"]["withNewFile"]["withEnvVariable"]["withEntrypoint"]
+        ["publish"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no publish result: {data}"))
+        .to_string()
+}
+
+/// Pulls `reference` with a second, fresh engine and checks the files and config arrived.
+fn check_with_fresh_engine(reg: &TestRegistry, reference: &str) {
+    let engine = engine_for(reg);
+    let data = engine.query_ok(&format!(
+        r#"{{ container {{ from(address: "{reference}") {{
+            envVariable(name: "GREETING") entrypoint
+            withExec(args: ["cat", "/hello.txt", "/built.txt"]) {{ stdout }}
+        }} }} }}"#
+    ));
+    let c = &data["container"]["from"];
+    assert_eq!(c["envVariable"], "hi", "{data}");
+    assert_eq!(c["entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
+    assert_eq!(c["withExec"]["stdout"], "hello from publishbuilt\n");
+}
+
+#[test]
+fn publish_to_every_registry_mode_then_inspect_and_run_elsewhere() {
+    for mode in [Mode::Plain, Mode::Tls, Mode::Basic, Mode::Token] {
+        let reg = TestRegistry::start(mode);
+        images::push(
+            images::BUSYBOX,
+            &reg,
+            "base/busybox:1",
+            Format::Oci,
+            reg.creds(),
+        );
+        let engine = engine_for(&reg);
+        let base = format!("{}/base/busybox:1", reg.addr);
+        let address = format!("{}/out/app:v1", reg.addr);
+        let data = engine.query_ok(&build_and_publish(
+            &base,
+            &format!(r#"address: "{address}""#),
+        ));
+        let result = published(&data);
+        assert!(
+            result.starts_with(&format!("{address}@sha256:")),
+            "{mode:?}: {result}"
+        );
+        let digest = result.rsplit('@').next().unwrap();
+
+        let raw = skopeo_inspect(&reg, "out/app:v1", &["--raw"]);
+        assert_eq!(
+            raw["mediaType"], "application/vnd.oci.image.manifest.v1+json",
+            "{mode:?}"
+        );
+        let layers = raw["layers"].as_array().unwrap();
+        assert!(layers.len() >= 2, "{mode:?}: {raw}");
+        for l in layers {
+            assert_eq!(
+                l["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip",
+                "{mode:?}"
+            );
+        }
+        let inspect = skopeo_inspect(&reg, "out/app:v1", &[]);
+        assert_eq!(inspect["Digest"], digest, "{mode:?}");
+        let config = skopeo_inspect(&reg, "out/app:v1", &["--config"]);
+        let env: Vec<&str> = config["config"]["Env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect();
+        assert!(env.contains(&"GREETING=hi"), "{mode:?}: {env:?}");
+        assert_eq!(
+            config["config"]["Entrypoint"],
+            serde_json::json!(["/bin/sh", "-c"])
+        );
+        assert_eq!(config["architecture"], "amd64");
+        skopeo_copy_out(&reg, "out/app:v1");
+
+        check_with_fresh_engine(&reg, &result);
+    }
+}
+
+#[test]
+fn publish_runs_under_podman() {
+    let podman = require_binary("podman", "podman");
+    let reg = TestRegistry::start(Mode::Plain);
+    images::push(images::BUSYBOX, &reg, "base/busybox:1", Format::Oci, None);
+    let engine = engine_for(&reg);
+    let address = format!("{}/out/podman:v1", reg.addr);
+    let data = engine.query_ok(&build_and_publish(
+        &format!("{}/base/busybox:1", reg.addr),
+        &format!(r#"address: "{address}""#),
+    ));
+    let result = published(&data);
+
+    // A private podman store and configuration; the ulimits this machine needs
+    // (shared/reference/test-environment.md §4).
+    let dir = tempfile::Builder::new().prefix("pm-").tempdir().unwrap();
+    let d = dir.path();
+    for sub in ["root", "run", "tmp"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    std::fs::write(
+        d.join("containers.conf"),
+        format!(
+            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=4096:4096\"]\n\
+             [engine]\nevents_logger = \"file\"\nevents_logfile_path = \"{}\"\n",
+            d.join("events.log").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(d.join("registries.conf"), "").unwrap();
+    std::fs::write(d.join("auth.json"), "{}").unwrap();
+    let podman_cmd = |args: &[&str]| {
+        let mut cmd = Command::new(&podman);
+        cmd.env("CONTAINERS_CONF", d.join("containers.conf"))
+            .env("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf"))
+            .env("REGISTRY_AUTH_FILE", d.join("auth.json"))
+            .env("TMPDIR", d.join("tmp"))
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(d.join("run"))
+            .args([
+                "--storage-driver",
+                "overlay",
+                "--cgroup-manager",
+                "cgroupfs",
+            ])
+            .args(["--runtime", "runc"])
+            .args(args);
+        cmd
+    };
+    run(&mut podman_cmd(&[
+        "pull",
+        "--quiet",
+        "--tls-verify=false",
+        &result,
+    ]));
+    let out = run(&mut podman_cmd(&[
+        "run",
+        "--rm",
+        "--network=none",
+        &result,
+        "cat /hello.txt; echo; echo $GREETING",
+    ]));
+    let _ = run(&mut podman_cmd(&["rmi", "--all", "--force"]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from publish\nhi\n",
+        "the entrypoint (sh -c) ran the command with the image's env"
+    );
+}
+
+#[test]
+fn multi_platform_docker_media_types_and_zstd() {
+    let reg = TestRegistry::start(Mode::Plain);
+    images::push(images::AMD64, &reg, "base/amd64:1", Format::Oci, None);
+    images::push(images::ARM64, &reg, "base/arm64:1", Format::Oci, None);
+    let engine = engine_for(&reg);
+    let a = &reg.addr;
+
+    // amd64 and arm64 variants (no exec on arm64): an index.
+    let data = engine.query_ok(&format!(
+        r#"{{ amd: container(platform: "linux/amd64") {{ from(address: "{a}/base/amd64:1") {{
+                withNewFile(path: "/which", contents: "amd64") {{ id }} }} }}
+             arm: container(platform: "linux/arm64") {{ from(address: "{a}/base/arm64:1") {{
+                withNewFile(path: "/which", contents: "arm64") {{ id }} }} }} }}"#
+    ));
+    let amd = data["amd"]["from"]["withNewFile"]["id"].as_str().unwrap();
+    let arm = data["arm"]["from"]["withNewFile"]["id"].as_str().unwrap();
+    let data = engine.query_ok(&format!(
+        r#"{{ container {{ publish(address: "{a}/out/multi:1",
+                platformVariants: ["{amd}", "{arm}"]) }} }}"#
+    ));
+    let result = data["container"]["publish"].as_str().unwrap();
+    assert!(
+        result.starts_with(&format!("{a}/out/multi:1@sha256:")),
+        "{result}"
+    );
+    let raw = skopeo_inspect(&reg, "out/multi:1", &["--raw"]);
+    assert_eq!(raw["mediaType"], "application/vnd.oci.image.index.v1+json");
+    let mut platforms: Vec<String> = raw["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap(),
+                m["platform"]["architecture"].as_str().unwrap()
+            )
+        })
+        .collect();
+    platforms.sort();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    let arm_cfg = skopeo_inspect(
+        &reg,
+        "out/multi:1",
+        &["--override-arch", "arm64", "--config"],
+    );
+    assert_eq!(arm_cfg["architecture"], "arm64");
+    skopeo_copy_out(&reg, "out/multi:1");
+    let fresh = engine_for(&reg);
+    let data = fresh.query_ok(&format!(
+        r#"{{ a: container {{ from(address: "{a}/out/multi:1") {{ file(path: "/which") {{ contents }} }} }}
+             b: container(platform: "linux/arm64") {{ from(address: "{a}/out/multi:1") {{ file(path: "/which") {{ contents }} }} }} }}"#
+    ));
+    assert_eq!(data["a"]["from"]["file"]["contents"], "amd64");
+    assert_eq!(data["b"]["from"]["file"]["contents"], "arm64");
+
+    // Docker media types, zstd layers.
+    let data = engine.query_ok(&build_and_publish(
+        &format!("{a}/base/amd64:1"),
+        &format!(r#"address: "{a}/out/docker:1", mediaTypes: DockerMediaTypes"#),
+    ));
+    published(&data);
+    let raw = skopeo_inspect(&reg, "out/docker:1", &["--raw"]);
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(
+        raw["config"]["mediaType"],
+        "application/vnd.docker.container.image.v1+json"
+    );
+    for l in raw["layers"].as_array().unwrap() {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        );
+    }
+    skopeo_copy_out(&reg, "out/docker:1");
+
+    let data = engine.query_ok(&build_and_publish(
+        &format!("{a}/base/amd64:1"),
+        &format!(r#"address: "{a}/out/zstd:1", forcedCompression: Zstd"#),
+    ));
+    let zstd_ref = published(&data);
+    let raw = skopeo_inspect(&reg, "out/zstd:1", &["--raw"]);
+    for l in raw["layers"].as_array().unwrap() {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
+    }
+    skopeo_copy_out(&reg, "out/zstd:1");
+    check_with_fresh_engine(&reg, &zstd_ref);
+}
+
+/// A TCP proxy in front of a registry that counts the blob upload requests going through it
+/// (request lines seen in the client-to-registry stream).
+struct CountingProxy {
+    addr: String,
+    lines: Arc<Mutex<Vec<String>>>,
+    _task: tokio::task::JoinHandle<()>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl CountingProxy {
+    fn start(upstream: &str) -> CountingProxy {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (up, seen) = (upstream.to_string(), lines.clone());
+        let task = rt.spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (up, seen) = (up.clone(), seen.clone());
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(server) = tokio::net::TcpStream::connect(&up).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let back = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                        let _ = cw.shutdown().await;
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut tail: Vec<u8> = Vec::new();
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        tail.extend_from_slice(&buf[..n]);
+                        // Request lines start right after the previous request's CRLFCRLF or
+                        // body; method names followed by " /v2/" are specific enough.
+                        let text = String::from_utf8_lossy(&tail).into_owned();
+                        for m in ["POST /v2/", "PUT /v2/", "PATCH /v2/", "HEAD /v2/"] {
+                            for (i, _) in text.match_indices(m) {
+                                let line: String =
+                                    text[i..].chars().take_while(|c| *c != '\r').collect();
+                                seen.lock().unwrap().push(line);
+                            }
+                        }
+                        let keep = tail.len().min(16);
+                        tail = tail[tail.len() - keep..].to_vec();
+                        // Never count the same bytes twice: drop what matched.
+                        if text.contains("/v2/") {
+                            tail.clear();
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = sw.shutdown().await;
+                    let _ = back.await;
+                });
+            }
+        });
+        CountingProxy {
+            addr,
+            lines,
+            _task: task,
+            _rt: rt,
+        }
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.lines.lock().unwrap())
+    }
+}
+
+#[test]
+fn republish_uploads_nothing_and_base_layers_mount_across_repositories() {
+    let reg = TestRegistry::start(Mode::Plain);
+    let proxy = CountingProxy::start(&reg.addr);
+    images::push(images::BUSYBOX, &reg, "base/busybox:1", Format::Oci, None);
+    let engine = engine_for(&reg);
+    // Pulled and pushed through the proxy, so the base layer's source is the proxy's address.
+    let p = &proxy.addr;
+    let query = build_and_publish(
+        &format!("{p}/base/busybox:1"),
+        &format!(r#"address: "{p}/out/app:1""#),
+    );
+    let first = published(&engine.query_ok(&query));
+    let lines = proxy.take();
+    let uploads = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| {
+                (l.starts_with("PUT ") || l.starts_with("PATCH ")) && l.contains("/blobs/uploads/")
+            })
+            .count()
+    };
+    let mounts: Vec<&String> = lines.iter().filter(|l| l.contains("mount=")).collect();
+    assert_eq!(mounts.len(), 1, "the busybox layer is mounted: {lines:#?}");
+    assert!(
+        mounts[0].contains("from=base%2Fbusybox") || mounts[0].contains("from=base/busybox"),
+        "{mounts:?}"
+    );
+    // New layers (exec, file) and the config are uploaded; the base layer is not.
+    assert!(uploads(&lines) >= 2, "{lines:#?}");
+
+    // Unchanged: every blob exists, nothing is uploaded, the same digest comes back.
+    let second = published(&engine.query_ok(&query));
+    assert_eq!(first, second);
+    let lines = proxy.take();
+    assert_eq!(uploads(&lines), 0, "{lines:#?}");
+    assert!(lines.iter().all(|l| !l.starts_with("POST ")), "{lines:#?}");
+    assert!(
+        lines.iter().filter(|l| l.starts_with("HEAD ")).count() >= 3,
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("PUT ") && l.contains("/manifests/1")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn publish_auth_failure_names_the_repository_not_the_password() {
+    let secret = "wrong-password-5d1b7";
+    for mode in [Mode::Basic, Mode::Token] {
+        let reg = TestRegistry::start(mode);
+        images::push(
+            images::BUSYBOX,
+            &reg,
+            "base/busybox:1",
+            Format::Oci,
+            reg.creds(),
+        );
+        // Right credentials to pull the base, wrong ones to push: one host, so the push
+        // goes to a second registry whose credentials are wrong.
+        let target = TestRegistry::start(mode);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = serde_json::json!({ "auths": {
+            reg.addr.as_str(): { "auth": base64(&format!("{USER}:{PASS}")) },
+            target.addr.as_str(): { "auth": base64(&format!("{USER}:{secret}")) },
+        } });
+        std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+        let toml = format!("{}{}", registry_toml(&reg), registry_toml(&target));
+        let engine = Engine::start(EngineOptions {
+            config: Some(toml),
+            env: vec![("DOCKER_CONFIG".into(), dir.path().display().to_string())],
+            ..Default::default()
+        });
+        let v = engine.query(&build_and_publish(
+            &format!("{}/base/busybox:1", reg.addr),
+            &format!(r#"address: "{}/private/app:1""#, target.addr),
+        ));
+        let err = &v["errors"][0];
+        let msg = err["message"].as_str().unwrap_or_else(|| panic!("{v}"));
+        assert_eq!(
+            err["extensions"]["code"], "PERMISSION_DENIED",
+            "{mode:?}: {v}"
+        );
+        assert!(
+            msg.contains("private/app") && msg.contains(&target.addr),
+            "{msg}"
+        );
+        assert!(!v.to_string().contains(secret), "password leaked: {v}");
+        assert!(!engine.log().contains(secret), "password in the log");
+    }
 }

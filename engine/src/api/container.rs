@@ -2,7 +2,10 @@
 //! anything; fields that need values evaluate through the solver.
 
 use super::directory::{Directory, File};
-use super::enums::{CacheSharingMode, ExistsType, NetworkProtocol, ReturnType};
+use super::enums::{
+    CacheSharingMode, ExistsType, ImageLayerCompression, ImageMediaTypes, NetworkProtocol,
+    ReturnType,
+};
 use super::{solve_error, ApiState, PlatformScalar};
 use crate::solver::node::{
     ConfigChange, ContainerNode, DirectoryNode, ExecArgs, Expect, FileNode, FsChange, MountSource,
@@ -754,6 +757,39 @@ impl Container {
         Ok(self.value(ctx).await?.config.labels.get(&name).cloned())
     }
 
+    /// Package the container state as an OCI image, and publish it to a registry.
+    ///
+    /// Returns the fully qualified address of the published image, with digest.
+    async fn publish(
+        &self,
+        ctx: &Context<'_>,
+        address: String,
+        #[graphql(
+            default,
+            desc = "Identifiers for other platform specific containers. Used for multi-platform image."
+        )]
+        platform_variants: Vec<ID>,
+        #[graphql(
+            desc = "Force each layer of the published image to use the specified compression algorithm. If this is unset, then if a layer already has a compressed blob in the engine's cache, that will be used (this can result in a mix of compression algorithms for different layers). If this is unset and a layer has no compressed blob in the engine's cache, then it will be compressed using Gzip."
+        )]
+        forced_compression: Option<ImageLayerCompression>,
+        #[graphql(
+            default,
+            desc = "Use the specified media types for the published image's layers. Defaults to OCI, which is largely compatible with most recent registries, but Docker may be needed for older registries without OCI support."
+        )]
+        media_types: ImageMediaTypes,
+    ) -> Result<String> {
+        publish_image(
+            ctx,
+            self,
+            &address,
+            &platform_variants,
+            forced_compression,
+            media_types,
+        )
+        .await
+    }
+
     /// Retrieves the list of exposed ports.
     async fn exposed_ports(&self, ctx: &Context<'_>) -> Result<Vec<Port>> {
         let v = self.value(ctx).await?;
@@ -776,9 +812,97 @@ impl Container {
     }
 }
 
+/// Builds the image of `container` and its `variants` (containers without a root filesystem
+/// are left out, as in Dagger) and pushes it to `address`. Not memoised: every call pushes.
+async fn publish_image(
+    ctx: &Context<'_>,
+    container: &Container,
+    address: &str,
+    variants: &[ID],
+    compression: Option<ImageLayerCompression>,
+    media: ImageMediaTypes,
+) -> Result<String> {
+    let state = ctx.data_unchecked::<Arc<ApiState>>();
+    let reference = crate::oci::Reference::parse(address)
+        .map_err(|e| super::gql_error(crate::ErrorKind::InvalidArgument, e.to_string()))?;
+    let mut nodes = vec![container.0.clone()];
+    for id in variants {
+        nodes.push(super::node::load_container(id.as_str())?.0);
+    }
+    let values =
+        futures_util::future::try_join_all(nodes.iter().map(|n| state.solver.container(n)))
+            .await
+            .map_err(|e| solve_error(&e))?;
+    let mut specs = Vec::new();
+    for v in values.iter().filter(|v| v.rootfs.is_some()) {
+        specs.push(crate::image::ImageSpec {
+            platform: crate::oci::Platform::parse(&v.platform)
+                .map_err(|e| super::gql_error(crate::ErrorKind::Internal, e.to_string()))?,
+            config: v.config.clone(),
+            rootfs: v.rootfs.clone(),
+        });
+    }
+    if specs.is_empty() {
+        return Err(super::gql_error(
+            crate::ErrorKind::InvalidArgument,
+            "nothing to publish: the container has no root filesystem (start from an image or add files)".into(),
+        ));
+    }
+    let images = state.solver.images();
+    let built = images
+        .build_image(&specs, compression.map(Into::into), media.into())
+        .await
+        .map_err(|e| super::classified(&e))?;
+    let digest = images
+        .push(&reference, &built)
+        .await
+        .map_err(|e| super::classified(&e))?;
+    Ok(published_name(address, &reference, &digest))
+}
+
+/// What `publish` returns, as Dagger does: the normalised name, the tag only when the address
+/// gave one, and the digest (`127.0.0.1:5000/app:v1@sha256:...`).
+fn published_name(
+    address: &str,
+    reference: &crate::oci::Reference,
+    digest: &crate::oci::Digest,
+) -> String {
+    let name_part = address.split('@').next().unwrap_or(address);
+    let last = name_part.rsplit('/').next().unwrap_or(name_part);
+    match (&reference.tag, last.contains(':')) {
+        (Some(tag), true) => format!("{}:{tag}@{digest}", reference.name()),
+        _ => format!("{}@{digest}", reference.name()),
+    }
+}
+
 fn protocol_name(p: NetworkProtocol) -> &'static str {
     match p {
         NetworkProtocol::Tcp => "tcp",
         NetworkProtocol::Udp => "udp",
+    }
+}
+
+#[cfg(test)]
+mod publish_tests {
+    use super::published_name;
+    use crate::oci::{Digest, Reference};
+
+    #[test]
+    fn published_names_keep_only_a_given_tag() {
+        let d = Digest::of(b"x");
+        let name = |a: &str| published_name(a, &Reference::parse(a).unwrap(), &d);
+        assert_eq!(
+            name("127.0.0.1:5000/app:v1"),
+            format!("127.0.0.1:5000/app:v1@{d}")
+        );
+        assert_eq!(
+            name("127.0.0.1:5000/app"),
+            format!("127.0.0.1:5000/app@{d}")
+        );
+        assert_eq!(name("alpine"), format!("docker.io/library/alpine@{d}"));
+        assert_eq!(
+            name("localhost:5000/team/app:latest"),
+            format!("localhost:5000/team/app:latest@{d}")
+        );
     }
 }

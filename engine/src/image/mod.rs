@@ -6,6 +6,7 @@
 mod config;
 mod export;
 mod import;
+mod push;
 mod stream;
 
 pub use config::ImageConfig;

@@ -226,6 +226,11 @@ impl Solver {
         self.inner.images.snapshotter()
     }
 
+    /// The image service (pulls, image assembly, pushes).
+    pub fn images(&self) -> &ImageService {
+        &self.inner.images
+    }
+
     /// Evaluates once per distinct node, sharing concurrent flights; errors are not kept.
     async fn memoised<F, Fut>(&self, key: Digest, compute: F) -> Result<Memo>
     where
