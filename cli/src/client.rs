@@ -30,6 +30,9 @@ impl std::fmt::Display for Endpoint {
 #[derive(Debug, Clone)]
 pub struct Client {
     pub endpoint: Endpoint,
+    /// The driver's local socket behind `endpoint` (`docker-container://` and the like), kept
+    /// open as long as a clone of this client lives.
+    _tunnel: Option<std::sync::Arc<crate::drivers::Tunnel>>,
 }
 
 /// The engine's JSON answer with the HTTP status it came with.
@@ -40,7 +43,18 @@ pub struct Answer {
 
 impl Client {
     pub fn new(endpoint: Endpoint) -> Self {
-        Client { endpoint }
+        Client {
+            endpoint,
+            _tunnel: None,
+        }
+    }
+
+    /// A client for a driver's local socket, which stays open while the client lives.
+    pub fn with_tunnel(endpoint: Endpoint, tunnel: std::sync::Arc<crate::drivers::Tunnel>) -> Self {
+        Client {
+            endpoint,
+            _tunnel: Some(tunnel),
+        }
     }
 
     /// Sends one GraphQL document and returns the JSON answer, whatever its status.

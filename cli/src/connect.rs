@@ -18,19 +18,17 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub async fn connect() -> anyhow::Result<Client> {
     match std::env::var(RUNNER_HOST_ENV) {
-        Ok(value) if !value.is_empty() => connect_to(&RunnerHost::parse(&value)?),
+        Ok(value) if !value.is_empty() => connect_to(&RunnerHost::parse(&value)?).await,
         _ => embedded_default().await,
     }
 }
 
-fn connect_to(host: &RunnerHost) -> anyhow::Result<Client> {
+async fn connect_to(host: &RunnerHost) -> anyhow::Result<Client> {
     match host {
         RunnerHost::Unix(path) => Ok(Client::new(Endpoint::Unix(path.clone()))),
         RunnerHost::Tcp { host, port } => Ok(Client::new(Endpoint::Tcp(format!("{host}:{port}")))),
-        other => bail!(
-            "{RUNNER_HOST_ENV}={other}: the {}:// driver is not available in this build yet; use unix:// or tcp:// to reach an engine, or unset {RUNNER_HOST_ENV} to use the local engine",
-            other.scheme()
-        ),
+        // docker-container, podman-container, kube-pod, docker-image.
+        other => crate::drivers::connect(other).await,
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod client;
 mod connect;
+mod drivers;
 mod host;
 mod run;
 mod runner_host;

@@ -5,6 +5,7 @@
 //! loudly instead of skipping.
 
 pub mod bench;
+pub mod docker;
 pub mod images;
 pub mod oci_build;
 pub mod registry;
