@@ -22,6 +22,8 @@ PACKAGES=(
   openssl           # registry tests: TLS certificates, token signing
   apache2-utils     # registry tests: htpasswd (bcrypt) for Basic auth
   podman            # publish tests: pulls and runs a published image
+  docker.io         # runner-image tests: a private dockerd builds and runs the Dockerfile's image
+  debootstrap       # runner-image tests: the Debian base image, built from the Debian mirror
 )
 
 if [[ $(id -u) != 0 ]]; then
