@@ -1,0 +1,593 @@
+//! `bench-push`: push of a ~130 MB, 4-layer image to a NEW repository of a loopback registry,
+//! by the release `dagger-engine` (`Container.publish` of a container holding the image) and
+//! by `skopeo copy` from an OCI layout, in the same run. Prints every run, the medians, the
+//! ratio ours/skopeo against the goal (<= 1.0) and where the engine's time went (its "pushed"
+//! log line). A benchmark, not a test: it fails only when a tool fails or answers wrongly.
+//!
+//! How the engine gets the image: it pulls it once (untimed) from a *second* registry, so its
+//! layers are in its content store as pulled, and no layer has a source repository on the
+//! registry being measured (a cross-repository mount would skip the upload; skopeo's
+//! blob-info cache, which would do the same for skopeo, is deleted before every skopeo run).
+//! Every run publishes to a new repository, so every blob is uploaded.
+//!
+//! Usage: `bench-push [PATH/TO/dagger-engine]` (or `DAGGER_ENGINE_BIN`; default: the
+//! `dagger-engine` next to this executable). Must run as root. `bench/push.sh` sets up the
+//! image, the disk and the packages and then runs this; see bench/README.md.
+//!
+//! Environment:
+//! - `BENCH_LAYOUT` (required): an OCI layout holding the image (bench/scripts/build-large-image.sh).
+//! - `BENCH_TAG` (`large`): its tag in the layout.
+//! - `BENCH_STATE_PARENT` (required): where the engine's state goes (bench/push.sh mounts a
+//!   fresh loop ext4 or tmpfs there).
+//! - `BENCH_DISK` (`loop`): what `BENCH_STATE_PARENT` is, for the report.
+//! - `BENCH_RUNS` (5): timed runs per tool.
+//! - `BENCH_WARMUP` (1): untimed rounds first.
+//! - `BENCH_TOOLS` (`engine,skopeo`): which tools to run.
+
+use anyhow::{bail, ensure, Context as _, Result};
+use dagger_integration_tests::bench::{describe_fs, env_or, min_med_max, ms, run_checked, which};
+use dagger_integration_tests::post_unix;
+use dagger_integration_tests::registry::{Mode, TestRegistry};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+const GOAL_RATIO: f64 = 1.0;
+/// Where skopeo keeps its blob-info cache when running as root. Deleted before every run.
+const SYSTEM_BLOB_INFO_CACHE: &str = "/var/lib/containers/cache/blob-info-cache-v1.boltdb";
+const SOURCE_REPO: &str = "bench/source";
+/// The engine's log filter: its default (info) shows the "pushed" summary line.
+const ENGINE_LOG_FILTER: &str = "info";
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("bench-push: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Tool {
+    Engine,
+    Skopeo,
+}
+
+impl Tool {
+    fn name(self) -> &'static str {
+        match self {
+            Tool::Engine => "engine",
+            Tool::Skopeo => "skopeo",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Tool::Engine => {
+                "dagger-engine: publish query sent -> answer (engine running, image in its store)"
+            }
+            Tool::Skopeo => "skopeo copy oci-layout -> registry: process start -> exit",
+        }
+    }
+}
+
+struct Settings {
+    engine_bin: PathBuf,
+    layout: PathBuf,
+    tag: String,
+    parent: PathBuf,
+    disk: String,
+    runs: usize,
+    warmup: usize,
+    tools: Vec<Tool>,
+    skopeo: PathBuf,
+}
+
+fn settings() -> Result<Settings> {
+    let engine_bin = match std::env::args_os().nth(1) {
+        Some(p) => PathBuf::from(p),
+        None => match std::env::var_os("DAGGER_ENGINE_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => std::env::current_exe()
+                .context("cannot find this executable's path")?
+                .with_file_name("dagger-engine"),
+        },
+    };
+    ensure!(
+        engine_bin.is_file(),
+        "engine binary {} not found; build it with `cargo build --release -p dagger-engine`",
+        engine_bin.display()
+    );
+    let layout = PathBuf::from(
+        std::env::var_os("BENCH_LAYOUT")
+            .context("set BENCH_LAYOUT to the OCI layout to push (bench/push.sh does)")?,
+    );
+    ensure!(
+        layout.join("index.json").is_file(),
+        "{} is not an OCI layout",
+        layout.display()
+    );
+    let parent = PathBuf::from(std::env::var_os("BENCH_STATE_PARENT").context(
+        "set BENCH_STATE_PARENT to a directory on the filesystem to measure (bench/push.sh does)",
+    )?);
+    ensure!(
+        parent.is_dir(),
+        "BENCH_STATE_PARENT {} is not a directory",
+        parent.display()
+    );
+    let runs: usize = env_or("BENCH_RUNS", 5)?;
+    ensure!(runs >= 1, "BENCH_RUNS must be at least 1");
+    let tools = env_or("BENCH_TOOLS", "engine,skopeo".to_string())?
+        .split(',')
+        .map(|t| match t.trim() {
+            "engine" => Ok(Tool::Engine),
+            "skopeo" => Ok(Tool::Skopeo),
+            other => bail!("BENCH_TOOLS: unknown tool {other:?} (engine, skopeo)"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    ensure!(!tools.is_empty(), "BENCH_TOOLS is empty");
+    Ok(Settings {
+        engine_bin,
+        layout,
+        tag: env_or("BENCH_TAG", "large".to_string())?,
+        parent,
+        disk: env_or("BENCH_DISK", "loop".to_string())?,
+        runs,
+        warmup: env_or("BENCH_WARMUP", 1)?,
+        tools,
+        skopeo: which("skopeo", "skopeo")?,
+    })
+}
+
+/// One tool's run: wall time, and the CPU time (user + system) its processes used meanwhile.
+#[derive(Clone, Copy)]
+struct Measured {
+    wall: Duration,
+    cpu: Duration,
+}
+
+fn run() -> Result<()> {
+    ensure!(
+        nix::unistd::geteuid().is_root(),
+        "must run as root: the engine refuses to start otherwise"
+    );
+    let s = settings()?;
+    let fs = describe_fs(&s.parent);
+    let layers = layer_sizes(&s.layout, &s.tag)?;
+    let total: u64 = layers.iter().sum();
+    println!("engine:  {}", s.engine_bin.display());
+    println!(
+        "image:   {}:{} - {} layers, {:.1} MB compressed ({})",
+        s.layout.display(),
+        s.tag,
+        layers.len(),
+        mb(total),
+        layers
+            .iter()
+            .map(|b| format!("{:.1}", mb(*b)))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    );
+    println!(
+        "storage: BENCH_DISK={} - engine state under {} ({fs})",
+        s.disk,
+        s.parent.display()
+    );
+
+    // The registry pushed to, and a second one the engine pulls the image from.
+    let target = TestRegistry::start(Mode::Plain);
+    let source = TestRegistry::start(Mode::Plain);
+    let scratch = tempfile::Builder::new()
+        .prefix("bench-push-")
+        .tempdir_in(&s.parent)
+        .context("cannot create the scratch dir")?;
+    skopeo_push(
+        &s,
+        scratch.path(),
+        &format!("{}/{SOURCE_REPO}:latest", source.addr),
+    )?;
+    println!(
+        "registries: docker-registry on {} (pushed to; plain HTTP, storage {}) and {} (the engine's source)",
+        target.addr,
+        target.dir.path().display(),
+        source.addr
+    );
+
+    let mut engine = EngineProc::start(&s, scratch.path())?;
+    let source_ref = format!("{}/{SOURCE_REPO}:latest", source.addr);
+    let pulled = Instant::now();
+    engine.query(&format!(
+        r#"{{ container {{ from(address: "{source_ref}") {{ sync }} }} }}"#
+    ))?;
+    println!(
+        "engine pulled {source_ref} (untimed) in {:.0} ms",
+        ms(pulled.elapsed())
+    );
+    println!();
+    for t in &s.tools {
+        println!("  {:<7} {}", t.name(), t.describe());
+    }
+    println!(
+        "{} warm-up round(s), then {} timed runs; the tools' order rotates every run; a new repository per push",
+        s.warmup, s.runs
+    );
+    println!();
+
+    let mut times: BTreeMap<Tool, Vec<f64>> = BTreeMap::new();
+    let mut cpu: BTreeMap<Tool, Vec<f64>> = BTreeMap::new();
+    let mut pushed_lines = Vec::new();
+    for round in 0..s.warmup + s.runs {
+        let timed = round >= s.warmup;
+        let label = if timed {
+            format!("run {:>2}", round - s.warmup + 1)
+        } else {
+            format!("warm-up {}", round + 1)
+        };
+        let mut order = s.tools.clone();
+        let shift = round % order.len();
+        order.rotate_left(shift);
+        let mut line = Vec::new();
+        for tool in order {
+            let repo = format!("bench/{}-{round}", tool.name());
+            let dest = format!("{}/{repo}:latest", target.addr);
+            sync(&s.parent);
+            let took = match tool {
+                Tool::Engine => {
+                    let log_before = engine.log().len();
+                    let took = engine_publish(&mut engine, &source_ref, &dest)?;
+                    let log = engine.log();
+                    if let Some(l) = log[log_before.min(log.len())..]
+                        .lines()
+                        .find(|l| l.contains(" pushed "))
+                    {
+                        if timed {
+                            pushed_lines.push(fields(l));
+                        }
+                    }
+                    took
+                }
+                Tool::Skopeo => {
+                    let _ = std::fs::remove_file(SYSTEM_BLOB_INFO_CACHE);
+                    skopeo_push(&s, scratch.path(), &dest)?
+                }
+            };
+            check_pushed(&target, &repo, layers.len())?;
+            line.push(format!(
+                "{} {:>6.0} ms (cpu {:>5.0} ms)",
+                tool.name(),
+                ms(took.wall),
+                ms(took.cpu)
+            ));
+            if timed {
+                times.entry(tool).or_default().push(ms(took.wall));
+                cpu.entry(tool).or_default().push(ms(took.cpu));
+            }
+        }
+        println!("  {label}: {}", line.join(", "));
+    }
+    engine.stop()?;
+    println!();
+
+    if !pushed_lines.is_empty() {
+        let med = |key: &str| -> String {
+            let v: Vec<f64> = pushed_lines
+                .iter()
+                .filter_map(|f| f.get(key)?.parse().ok())
+                .collect();
+            if v.is_empty() {
+                "-".into()
+            } else {
+                format!("{:.0}", median(&v))
+            }
+        };
+        println!(
+            "where the engine's time goes (medians, from its \"pushed\" log line): push {} ms, of which blobs {} ms; {} blobs uploaded ({} bytes), {} existed, {} mounted; the rest of the query is building the image (layers reused as pulled) and GraphQL",
+            med("elapsed_ms"),
+            med("blobs_ms"),
+            med("uploaded"),
+            med("uploaded_bytes"),
+            med("existed"),
+            med("mounted"),
+        );
+        println!();
+    }
+
+    let med: BTreeMap<Tool, (f64, f64, f64)> = times
+        .iter_mut()
+        .map(|(t, v)| (*t, min_med_max(v)))
+        .collect();
+    println!(
+        "summary (push of {} layers, {:.1} MB compressed, to a new repository on a loopback docker-registry; engine state on {} = {fs}; {} runs):",
+        layers.len(),
+        mb(total),
+        s.disk,
+        s.runs
+    );
+    for (t, (lo, m, hi)) in &med {
+        let c = cpu.get(t).map_or(0.0, |v| median(v));
+        println!(
+            "  {:<7} median {m:>6.0} ms  (min {lo:.0}, max {hi:.0}; CPU user+sys median {c:.0} ms)  {}",
+            t.name(),
+            t.describe()
+        );
+    }
+    if let (Some((_, ours, _)), Some((_, skopeo, _))) =
+        (med.get(&Tool::Engine), med.get(&Tool::Skopeo))
+    {
+        let r = ours / skopeo;
+        println!(
+            "  ours/skopeo = {ours:.0}/{skopeo:.0} = {r:.2} (goal <= {GOAL_RATIO}: {})",
+            if r <= GOAL_RATIO {
+                "met".to_string()
+            } else {
+                format!("missed by {:.0} ms", ours - GOAL_RATIO * skopeo)
+            }
+        );
+    }
+    Ok(())
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    min_med_max(&mut v).1
+}
+
+fn sync(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f));
+    }
+}
+
+/// /proc times are in USER_HZ, which is 100 on Linux.
+fn ticks(t: u64) -> Duration {
+    Duration::from_millis(t * 10)
+}
+
+fn stat_fields(path: &str) -> Result<Vec<u64>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    let rest = text
+        .rsplit_once(')')
+        .with_context(|| format!("bad {path}"))?
+        .1;
+    Ok(rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect())
+}
+
+fn process_cpu(pid: u32) -> Result<Duration> {
+    let f = stat_fields(&format!("/proc/{pid}/stat"))?;
+    Ok(ticks(f[11] + f[12]))
+}
+
+fn children_cpu() -> Duration {
+    stat_fields("/proc/self/stat")
+        .map(|f| ticks(f[13] + f[14]))
+        .unwrap_or_default()
+}
+
+/// `key=value` fields of a log line.
+fn fields(line: &str) -> BTreeMap<String, String> {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect()
+}
+
+/// Compressed layer sizes of the layout's tag.
+fn layer_sizes(layout: &Path, tag: &str) -> Result<Vec<u64>> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
+    let manifest = index["manifests"]
+        .as_array()
+        .context("index.json has no manifests")?
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .with_context(|| format!("no tag {tag} in {}", layout.display()))?;
+    let digest = manifest["digest"].as_str().context("manifest digest")?;
+    let hex = digest.strip_prefix("sha256:").context("sha256 digest")?;
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex))?)?;
+    Ok(m["layers"]
+        .as_array()
+        .context("manifest has no layers")?
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap_or(0))
+        .collect())
+}
+
+/// Keeps the machine's containers configuration (registries.conf, auth files) out of skopeo.
+fn containers_env(cmd: &mut Command, dir: &Path) -> Result<()> {
+    let registries = dir.join("registries.conf");
+    std::fs::write(&registries, "")?;
+    let auth = dir.join("auth.json");
+    std::fs::write(&auth, "{}")?;
+    cmd.env("REGISTRY_AUTH_FILE", auth)
+        .env("CONTAINERS_REGISTRIES_CONF", registries)
+        .env("TMPDIR", dir);
+    Ok(())
+}
+
+/// `skopeo copy` of the layout's tag to `dest` (`host/repo:tag`).
+fn skopeo_push(s: &Settings, scratch: &Path, dest: &str) -> Result<Measured> {
+    let dir = scratch.join("skopeo");
+    std::fs::create_dir_all(&dir)?;
+    let mut cmd = Command::new(&s.skopeo);
+    containers_env(&mut cmd, &dir)?;
+    cmd.args([
+        "copy",
+        "--insecure-policy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        "--dest-no-creds",
+    ])
+    .arg(format!("oci:{}:{}", s.layout.display(), s.tag))
+    .arg(format!("docker://{dest}"));
+    let started = Instant::now();
+    let cpu = children_cpu();
+    run_checked(&mut cmd, "skopeo copy (push)")?;
+    Ok(Measured {
+        wall: started.elapsed(),
+        cpu: children_cpu().saturating_sub(cpu),
+    })
+}
+
+/// The pushed manifest lists every layer (checked with the registry's API, untimed).
+fn check_pushed(target: &TestRegistry, repo: &str, layers: usize) -> Result<()> {
+    let out = run_checked(
+        Command::new("curl").args([
+            "-sf",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+            &format!("http://{}/v2/{repo}/manifests/latest", target.addr),
+        ]),
+        "curl (manifest check)",
+    )?;
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let n = m["layers"].as_array().map_or(0, |l| l.len());
+    ensure!(n == layers, "{repo}: {n} layers pushed, {layers} expected");
+    Ok(())
+}
+
+fn engine_publish(engine: &mut EngineProc, source: &str, dest: &str) -> Result<Measured> {
+    let pid = engine.pid();
+    let cpu = process_cpu(pid)?;
+    let started = Instant::now();
+    let v = engine.query(&format!(
+        r#"{{ container {{ from(address: "{source}") {{ publish(address: "{dest}") }} }} }}"#
+    ))?;
+    let took = Measured {
+        wall: started.elapsed(),
+        cpu: process_cpu(pid)?.saturating_sub(cpu),
+    };
+    let result = v["data"]["container"]["from"]["publish"]
+        .as_str()
+        .with_context(|| format!("no publish result: {v}"))?;
+    ensure!(
+        result.starts_with(&format!("{dest}@sha256:")),
+        "publish answered {result:?}"
+    );
+    Ok(took)
+}
+
+struct EngineProc {
+    child: Option<Child>,
+    socket: PathBuf,
+    log_path: PathBuf,
+}
+
+impl EngineProc {
+    fn start(s: &Settings, dir: &Path) -> Result<EngineProc> {
+        let socket = dir.join("engine.sock");
+        let config = dir.join("empty.toml");
+        std::fs::write(&config, "")?;
+        let docker = dir.join("docker-config");
+        std::fs::create_dir_all(&docker)?;
+        let log_path = dir.join("engine.log");
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(&s.engine_bin)
+            .arg("--root")
+            .arg(dir.join("state"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--addr")
+            .arg(format!("unix://{}", socket.display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env("DAGGER_ENGINE_LOG", ENGINE_LOG_FILTER)
+            .env("DOCKER_CONFIG", &docker)
+            .spawn()
+            .with_context(|| format!("cannot start {}", s.engine_bin.display()))?;
+        let mut engine = EngineProc {
+            child: Some(child),
+            socket,
+            log_path,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(r) = post_unix(&engine.socket, "/query", r#"{"query":"{ version }"}"#) {
+                if r.status == 200 {
+                    return Ok(engine);
+                }
+            }
+            if let Some(status) = engine.child.as_mut().expect("running").try_wait()? {
+                bail!("engine exited early ({status}); log:\n{}", engine.log());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "engine did not answer; log:\n{}",
+                engine.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn query(&mut self, query: &str) -> Result<serde_json::Value> {
+        let body = serde_json::json!({ "query": query }).to_string();
+        let r = post_unix(&self.socket, "/query", &body)
+            .with_context(|| format!("query failed; engine log:\n{}", self.log()))?;
+        ensure!(
+            r.status == 200,
+            "HTTP {}: {}\nengine log:\n{}",
+            r.status,
+            r.body,
+            self.log()
+        );
+        let v: serde_json::Value = serde_json::from_str(&r.body).context("answer is not JSON")?;
+        ensure!(
+            v.get("errors").is_none(),
+            "query failed: {v}\nengine log:\n{}",
+            self.log()
+        );
+        Ok(v)
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                ensure!(
+                    status.success(),
+                    "engine exited with {status} after SIGTERM"
+                );
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("engine did not stop after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for EngineProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
