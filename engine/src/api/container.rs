@@ -564,6 +564,64 @@ impl Container {
         self.fs(FsChange::Symlink { target, link_name }, expand)
     }
 
+    /// Package the container state as an OCI image, and return it as a tar archive
+    async fn as_tarball(
+        &self,
+        #[graphql(
+            default,
+            desc = "Identifiers for other platform specific containers. Used for multi-platform images."
+        )]
+        platform_variants: Vec<ID>,
+        #[graphql(
+            desc = "Force each layer of the image to use the specified compression algorithm. If this is unset, then if a layer already has a compressed blob in the engine's cache, that will be used (this can result in a mix of compression algorithms for different layers). If this is unset and a layer has no compressed blob in the engine's cache, then it will be compressed using Gzip."
+        )]
+        forced_compression: Option<ImageLayerCompression>,
+        #[graphql(
+            default,
+            desc = "Use the specified media types for the image's layers. Defaults to OCI, which is largely compatible with most recent container runtimes, but Docker may be needed for older runtimes without OCI support."
+        )]
+        media_types: ImageMediaTypes,
+    ) -> Result<File> {
+        use crate::solver::node::{ImageCompression, ImageMedia};
+        let mut variants = Vec::new();
+        for id in &platform_variants {
+            variants.push((*super::node::load_container(id.as_str())?.0).clone());
+        }
+        let compression = forced_compression.map(|c| match c.into() {
+            crate::image::LayerCompression::Gzip => ImageCompression::Gzip,
+            crate::image::LayerCompression::Zstd => ImageCompression::Zstd,
+            crate::image::LayerCompression::Uncompressed => ImageCompression::Uncompressed,
+        });
+        let media = match media_types.into() {
+            crate::image::ImageMediaTypes::Oci => ImageMedia::Oci,
+            crate::image::ImageMediaTypes::Docker => ImageMedia::Docker,
+        };
+        Ok(File::new(FileNode::AsTarball {
+            container: self.parent(),
+            variants,
+            compression,
+            media_types: media,
+        }))
+    }
+
+    /// Reads the container from an OCI tarball.
+    #[graphql(name = "import")]
+    async fn import_(
+        &self,
+        #[graphql(desc = "File to read the container from.")] source: ID,
+        #[graphql(
+            default,
+            desc = "Identifies the tag to import from the archive, if the archive bundles multiple tags."
+        )]
+        tag: String,
+    ) -> Result<Container> {
+        Ok(Container::new(ContainerNode::Import {
+            parent: self.parent(),
+            source: super::directory::file_arg(&source)?,
+            tag,
+        }))
+    }
+
     /// Retrieves this container with its root filesystem replaced by the given directory.
     async fn with_rootfs(&self, directory: ID) -> Result<Container> {
         Ok(Container::new(ContainerNode::WithRootfs {

@@ -453,8 +453,10 @@ impl ImageService {
         // Pulled blobs first (pushed as pulled, mountable across repositories), then gzip.
         rows.sort_by_key(|r| (r.source.is_none(), r.compression != "gzip"));
         let target = match wanted {
+            // Any compressed blob there is (as Dagger: a mix of compressions is fine); an
+            // uncompressed one only counts as a source for gzip.
             None => {
-                if let Some(r) = rows.first() {
+                if let Some(r) = rows.iter().find(|r| r.compression != "none") {
                     return Ok(r.clone());
                 }
                 LayerCompression::Gzip
@@ -735,5 +737,127 @@ impl Write for Compressor {
             Compressor::Zstd(e) => e.flush(),
             Compressor::None(o) => o.flush(),
         }
+    }
+}
+
+/// `docker load`'s view of one image in a tarball.
+#[derive(Serialize)]
+struct DockerManifestEntry {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags")]
+    repo_tags: Vec<String>,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+fn blob_name(d: &Digest) -> String {
+    format!("blobs/{}/{}", d.algorithm(), d.hex())
+}
+
+impl ImageService {
+    /// Writes `built` as an OCI image layout tar (`oci-layout`, `index.json`, `blobs/...`)
+    /// with a Docker `manifest.json` for the first manifest, so `docker load`, `podman load`
+    /// and `skopeo copy oci-archive:` all accept it. `tag` (a full reference such as
+    /// `registry/repo:tag`) names the image when given. Deterministic; blocking.
+    pub fn write_image_tarball<W: Write>(
+        &self,
+        built: &BuiltImage,
+        tag: Option<&str>,
+        out: W,
+    ) -> Result<W, ImageError> {
+        use crate::archive::diff::{EntryKind, Header, TarWriter};
+        let io_err = io_archive("write the image tarball");
+        let mut tw = TarWriter::new(out);
+        let file_header = |path: &str, size: u64| Header {
+            path: path.as_bytes().to_vec(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime: 0,
+            xattrs: Vec::new(),
+        };
+        let add_bytes = |tw: &mut TarWriter<W>, path: &str, bytes: &[u8]| {
+            tw.append(
+                &file_header(path, bytes.len() as u64),
+                Some(&mut &bytes[..]),
+            )
+        };
+        let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
+        add_bytes(&mut tw, "oci-layout", layout).map_err(&io_err)?;
+        for dir in ["blobs", "blobs/sha256"] {
+            let h = Header {
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                ..file_header(dir, 0)
+            };
+            tw.append(&h, None).map_err(&io_err)?;
+        }
+        let mut written = HashSet::new();
+        for b in &built.blobs {
+            if !written.insert(b.digest.clone()) {
+                continue;
+            }
+            let mut f = self.inner.content.open_blob(&b.digest)?;
+            let size = f.metadata().map_err(&io_err)?.len();
+            if size != b.size {
+                return Err(ImageError::Internal(format!(
+                    "blob {} is {size} bytes, expected {}",
+                    b.digest, b.size
+                )));
+            }
+            tw.append(&file_header(&blob_name(&b.digest), size), Some(&mut f))
+                .map_err(&io_err)?;
+        }
+        // index.json: the root, named by the tag.
+        let mut root = serde_json::json!({
+            "mediaType": built.root.media_type,
+            "digest": built.root.digest.to_string(),
+            "size": built.root.size,
+        });
+        if let Some(tag) = tag {
+            let short = tag.rsplit_once(':').filter(|(_, t)| !t.contains('/'));
+            root["annotations"] = serde_json::json!({
+                "io.containerd.image.name": tag,
+                "org.opencontainers.image.ref.name": short.map(|(_, t)| t).unwrap_or(tag),
+            });
+        }
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [root],
+        });
+        add_bytes(&mut tw, "index.json", index.to_string().as_bytes()).map_err(&io_err)?;
+        // manifest.json: the first platform's image, for docker load.
+        let (first, _) = built
+            .manifests
+            .first()
+            .ok_or_else(|| ImageError::Internal("an image without manifests".into()))?;
+        let raw = self.inner.content.read_blob(&first.digest, 4 << 20)?;
+        let m: serde_json::Value = serde_json::from_slice(&raw)
+            .map_err(|e| ImageError::Internal(format!("reading back manifest: {e}")))?;
+        let digest_at = |v: &serde_json::Value| -> Result<Digest, ImageError> {
+            v["digest"]
+                .as_str()
+                .and_then(|d| Digest::parse(d).ok())
+                .ok_or_else(|| ImageError::Internal("manifest without digests".into()))
+        };
+        let entry = DockerManifestEntry {
+            config: blob_name(&digest_at(&m["config"])?),
+            repo_tags: tag.map(|t| vec![t.to_string()]).unwrap_or_default(),
+            layers: m["layers"]
+                .as_array()
+                .map(|ls| {
+                    ls.iter()
+                        .map(|l| digest_at(l).map(|d| blob_name(&d)))
+                        .collect()
+                })
+                .unwrap_or_else(|| Ok(Vec::new()))?,
+        };
+        let manifest_json = serde_json::to_vec(&[entry]).expect("serializes");
+        add_bytes(&mut tw, "manifest.json", &manifest_json).map_err(&io_err)?;
+        tw.finish().map_err(&io_err)
     }
 }

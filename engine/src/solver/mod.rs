@@ -14,6 +14,7 @@ mod change;
 mod digest;
 mod exec;
 pub mod filter;
+mod image_io;
 pub mod fs;
 pub mod id;
 pub mod node;
@@ -383,6 +384,11 @@ impl Solver {
                 ContainerNode::WithRootfs { parent, directory } => {
                     self.with_rootfs(parent, directory).await
                 }
+                ContainerNode::Import {
+                    parent,
+                    source,
+                    tag,
+                } => self.import_container(parent, source, tag).await,
             }
         })
     }
@@ -473,6 +479,17 @@ impl Solver {
                     }
                     FileNode::New { .. } | FileNode::Renamed { .. } => {
                         let t = self.standalone_file(node).await?;
+                        return Ok(Memo::Tree(Arc::new(t)));
+                    }
+                    FileNode::AsTarball {
+                        container,
+                        variants,
+                        compression,
+                        media_types,
+                    } => {
+                        let t = self
+                            .as_tarball(container, variants, *compression, *media_types)
+                            .await?;
                         return Ok(Memo::Tree(Arc::new(t)));
                     }
                 };

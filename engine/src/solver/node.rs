@@ -59,6 +59,29 @@ pub enum ContainerNode {
         parent: Box<ContainerNode>,
         directory: Box<DirectoryNode>,
     },
+    /// `Container.import(source, tag)`: the image in an OCI or Docker tarball.
+    Import {
+        parent: Box<ContainerNode>,
+        source: Box<FileNode>,
+        tag: String,
+    },
+}
+
+/// Layer compression asked for by `forcedCompression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ImageCompression {
+    Gzip,
+    Zstd,
+    Uncompressed,
+}
+
+/// OCI or Docker media types (`mediaTypes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ImageMedia {
+    Oci,
+    Docker,
 }
 
 /// A mount for execs: where, and what.
@@ -249,6 +272,14 @@ pub enum FileNode {
     },
     /// `File.withName(name)`.
     Renamed { file: Box<FileNode>, name: String },
+    /// `Container.asTarball(...)`: the container's image (and its platform variants) as an
+    /// OCI layout tar that `docker load` also reads.
+    AsTarball {
+        container: Box<ContainerNode>,
+        variants: Vec<ContainerNode>,
+        compression: Option<ImageCompression>,
+        media_types: ImageMedia,
+    },
 }
 
 /// A filesystem change, as the API call gave it. Paths are resolved when it is evaluated
