@@ -34,8 +34,9 @@ pub const DIAL_STDIO: [&str; 2] = ["dagger-engine", "dial-stdio"];
 /// provisions a new one (Dagger's variable).
 pub const LEAVE_OLD_ENGINE_ENV: &str = "DAGGER_LEAVE_OLD_ENGINE";
 
-/// `docker run` flags used instead of `--privileged` by `docker-image://`, split on
-/// whitespace: for hosts where a privileged container cannot start (docs/runner.md).
+/// `docker run` flags used instead of `--privileged` by `docker-image://`, split like a shell
+/// does (whitespace, with '…' and "…" quoting and backslash escapes): for hosts where a
+/// privileged container cannot start (docs/runner.md).
 pub const RUN_ARGS_ENV: &str = "DAGGER_ENGINE_DOCKER_RUN_ARGS";
 
 /// The named volume `docker-image://` mounts at `/var/lib/dagger`.
@@ -136,13 +137,18 @@ pub fn container_name_for(reference: &str) -> String {
 }
 
 /// The `docker run` command line that provisions an engine from `reference`.
-pub fn run_command(reference: &str, name: &str, extra: Option<&str>, volume: &str) -> Vec<String> {
+pub fn run_command(
+    reference: &str,
+    name: &str,
+    extra: Option<&str>,
+    volume: &str,
+) -> Result<Vec<String>, String> {
     let mut args: Vec<String> = ["run", "-d", "--restart", "always"]
         .iter()
         .map(|s| s.to_string())
         .collect();
     match extra.map(str::trim).filter(|e| !e.is_empty()) {
-        Some(extra) => args.extend(extra.split_whitespace().map(String::from)),
+        Some(extra) => args.extend(split_words(extra)?),
         None => args.push("--privileged".to_string()),
     }
     args.extend([
@@ -152,7 +158,70 @@ pub fn run_command(reference: &str, name: &str, extra: Option<&str>, volume: &st
         name.to_string(),
         reference.to_string(),
     ]);
-    args
+    Ok(args)
+}
+
+/// Splits `s` into words as a POSIX shell would, without expansions: whitespace separates,
+/// '…' quotes literally, "…" quotes with `\"` and `\\` escapes, and a backslash outside quotes
+/// escapes the next character.
+pub fn split_words(s: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => word.push(c),
+                        None => return Err(format!("unterminated ' in {s:?}")),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\')) => word.push(c),
+                            Some(c) => {
+                                word.push('\\');
+                                word.push(c);
+                            }
+                            None => return Err(format!("unterminated \" in {s:?}")),
+                        },
+                        Some(c) => word.push(c),
+                        None => return Err(format!("unterminated \" in {s:?}")),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                match chars.next() {
+                    Some(c) => word.push(c),
+                    None => return Err(format!("trailing backslash in {s:?}")),
+                }
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    Ok(words)
 }
 
 /// Connects through the driver for `host` (not `unix://` or `tcp://`).
@@ -355,7 +424,8 @@ async fn provision(docker: &Path, reference: &str) -> anyhow::Result<String> {
         ENGINE_VOLUME.to_string()
     };
     let extra = std::env::var(RUN_ARGS_ENV).ok();
-    let args = run_command(reference, &name, extra.as_deref(), &volume);
+    let args = run_command(reference, &name, extra.as_deref(), &volume)
+        .map_err(|e| anyhow::anyhow!("{RUN_ARGS_ENV}: {e}"))?;
     eprintln!("dagger: starting engine container {name} from {reference}");
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     if let Err(e) = output(docker, &refs).await {
@@ -760,7 +830,7 @@ mod tests {
     #[test]
     fn docker_run_command_lines() {
         assert_eq!(
-            run_command("img:v1", "dagger-engine-v1", None, "dagger-engine"),
+            run_command("img:v1", "dagger-engine-v1", None, "dagger-engine").unwrap(),
             [
                 "run",
                 "-d",
@@ -777,12 +847,34 @@ mod tests {
         let custom = run_command(
             "img:v1",
             "dagger-engine-v1",
-            Some(" --cap-add ALL  --network host "),
+            Some(" --cap-add ALL  --network host --device-cgroup-rule 'a *:* rwm'"),
             "dagger-engine",
-        );
+        )
+        .unwrap();
         assert!(!custom.contains(&"--privileged".to_string()));
-        assert_eq!(&custom[4..8], ["--cap-add", "ALL", "--network", "host"]);
+        assert_eq!(
+            &custom[4..10],
+            [
+                "--cap-add",
+                "ALL",
+                "--network",
+                "host",
+                "--device-cgroup-rule",
+                "a *:* rwm"
+            ]
+        );
         assert_eq!(custom.last().unwrap(), "img:v1");
+    }
+
+    #[test]
+    fn shell_words() {
+        assert_eq!(
+            split_words(r#" a  'b c' "d \"e\" \\ \x" f\ g '' "#).unwrap(),
+            ["a", "b c", r#"d "e" \ \x"#, "f g", ""]
+        );
+        assert!(split_words("'open").is_err());
+        assert!(split_words("\"open").is_err());
+        assert!(split_words("end\\").is_err());
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ pub const BASE_IMAGE: &str = "debian:bookworm-slim";
 pub const BASE_PACKAGES: &str = "ca-certificates,git,openssh-client,nftables,iproute2,tini";
 
 /// `docker run` flags that stand in for `--privileged` here: every capability the bounding set
-/// allows, no seccomp/AppArmor/masked paths, and a writable cgroup tree for runc.
+/// allows, no seccomp/AppArmor/masked paths, every device, and a writable cgroup tree for runc.
 pub const ENGINE_RUN_FLAGS: &[&str] = &[
     "--cap-add",
     "ALL",
@@ -31,6 +31,8 @@ pub const ENGINE_RUN_FLAGS: &[&str] = &[
     "apparmor=unconfined",
     "--security-opt",
     "systempaths=unconfined",
+    "--device-cgroup-rule",
+    "a *:* rwm",
     "-v",
     "/sys/fs/cgroup:/sys/fs/cgroup",
 ];

@@ -370,7 +370,18 @@ print(json.load(urllib.request.urlopen(req))["data"]["version"])
     // docker-image://: provisions dagger-engine-test with the flags this host needs, removes
     // an older engine container, and reuses its container on the next call.
     d.docker(&["create", "--name", "dagger-engine-old", IMAGE]);
-    let flags = docker::ENGINE_RUN_FLAGS.join(" ");
+    // As a user would write them in the shell-like variable: the device rule is quoted.
+    let flags: Vec<String> = docker::ENGINE_RUN_FLAGS
+        .iter()
+        .map(|f| {
+            if f.contains(' ') {
+                format!("'{f}'")
+            } else {
+                f.to_string()
+            }
+        })
+        .collect();
+    let flags = flags.join(" ");
     let runner_image = [
         (
             "_EXPERIMENTAL_DAGGER_RUNNER_HOST",
