@@ -3,10 +3,13 @@
 mod client;
 mod connect;
 mod drivers;
+mod export;
 mod host;
+mod progress;
 mod run;
 mod runner_host;
 mod session;
+mod sockets;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -32,11 +35,17 @@ enum Command {
         /// Read the document from FILE instead of standard input.
         #[arg(long, value_name = "FILE")]
         doc: Option<PathBuf>,
+        /// How to show the engine's progress on stderr.
+        #[arg(long, value_enum, default_value = "auto")]
+        progress: progress::Mode,
     },
     /// Run a command with a session: SDKs inside it reach the engine through
     /// DAGGER_SESSION_PORT and DAGGER_SESSION_TOKEN.
     #[command(after_help = "Examples:\n  dagger run python3 main.py\n  dagger run node main.mjs")]
     Run {
+        /// How to show the engine's progress on stderr (stdout is the command's).
+        #[arg(long, value_enum, default_value = "auto")]
+        progress: progress::Mode,
         /// The command and its arguments; everything after COMMAND belongs to it.
         #[arg(
             required = true,
@@ -79,9 +88,9 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Version => version().await,
-        Command::Query { doc } => query(doc).await,
-        Command::Run { command } => run::command(command).await,
-        Command::Session { ignored: _ } => session::command().await,
+        Command::Query { doc, progress } => query(doc, progress).await,
+        Command::Run { command, progress } => run::command(command, progress).await,
+        Command::Session { ignored } => session::command(session_progress(&ignored)?).await,
     }
 }
 
@@ -105,7 +114,28 @@ async fn version() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn query(doc: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+/// `--progress` among `dagger session`'s otherwise ignored flags (quiet by default: the SDKs
+/// only show the session's stderr when something fails).
+fn session_progress(args: &[String]) -> anyhow::Result<progress::Mode> {
+    use clap::ValueEnum as _;
+    let mut value = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if let Some(v) = a.strip_prefix("--progress=") {
+            value = Some(v.to_string());
+        } else if a == "--progress" {
+            value = it.next().cloned();
+        }
+    }
+    match value {
+        None => Ok(progress::Mode::Quiet),
+        Some(v) => progress::Mode::from_str(&v, true).map_err(|_| {
+            anyhow::anyhow!("--progress: expected auto, plain, tty or quiet, got {v:?}")
+        }),
+    }
+}
+
+async fn query(doc: Option<PathBuf>, progress: progress::Mode) -> anyhow::Result<ExitCode> {
     let document = match &doc {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?,
@@ -121,7 +151,11 @@ async fn query(doc: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         anyhow::bail!("no query: pass a GraphQL document on standard input or with --doc FILE");
     }
     let client = connect::connect().await?;
-    let answer = client.query(&document).await?;
+    // Through a session channel, so the query can export to this machine and show progress.
+    let channel = session::Channel::open(&client, progress::Progress::new(progress)).await?;
+    let answer = session::query_in_session(&client, &channel.id, &document).await;
+    channel.close().await;
+    let answer = answer?;
     let data = &answer.body["data"];
     if !data.is_null() {
         println!("{}", serde_json::to_string_pretty(data)?);

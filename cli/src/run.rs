@@ -10,7 +10,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
-pub async fn command(argv: Vec<String>) -> anyhow::Result<ExitCode> {
+pub async fn command(
+    argv: Vec<String>,
+    progress: crate::progress::Mode,
+) -> anyhow::Result<ExitCode> {
     let Some((program, args)) = argv.split_first() else {
         anyhow::bail!("usage: dagger run COMMAND [ARGS...]");
     };
@@ -20,7 +23,7 @@ pub async fn command(argv: Vec<String>) -> anyhow::Result<ExitCode> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
 
     let client = crate::connect::connect().await?;
-    let session = Session::start(&client).await?;
+    let session = Session::start(&client, crate::progress::Progress::new(progress)).await?;
     let spawned = tokio::process::Command::new(program)
         .args(args)
         .env("DAGGER_SESSION_PORT", session.port.to_string())

@@ -527,3 +527,209 @@ fn hostile_tarballs_are_refused() {
     let v = f.imported(&good, "", r#"rootfs { file(path: "f") { contents } }"#);
     assert_eq!(v["rootfs"]["file"]["contents"], "x");
 }
+
+/// The one `container.tar` the engine wrote under its state directory (tests read the state
+/// directory of their private engine; clients get the file through `File`).
+fn tarball_on_disk(engine: &Engine) -> std::path::PathBuf {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(engine.root.join("snapshots")).unwrap() {
+        let p = e.unwrap().path().join("fs/container.tar");
+        if p.is_file() {
+            found.push(p);
+        }
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.pop().unwrap()
+}
+
+#[test]
+fn skopeo_and_podman_read_the_tarball() {
+    require_root();
+    let skopeo = dagger_integration_tests::registry::require_binary("skopeo", "skopeo");
+    let podman = dagger_integration_tests::registry::require_binary("podman", "podman");
+    let f = fixture("overlayfs");
+    let ctr = f.built_id();
+    let tar = f.tarball_id(&ctr, "");
+    f.file_digest(&tar); // evaluates it
+    let path = tarball_on_disk(&f.engine);
+
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    let out = dagger_integration_tests::registry::run(
+        std::process::Command::new(&skopeo)
+            .env("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf"))
+            .args(["inspect", "--config"])
+            .arg(format!("oci-archive:{}", path.display())),
+    );
+    let config: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        config["config"]["Env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("FOO=bar")),
+        "{config}"
+    );
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 4);
+
+    // podman load (it reads manifest.json or the layout) and run, in a private store.
+    for sub in ["root", "run", "tmp"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    std::fs::write(
+        d.join("containers.conf"),
+        format!(
+            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=4096:4096\"]\n\
+             [engine]\nevents_logger = \"file\"\nevents_logfile_path = \"{}\"\n",
+            d.join("events.log").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(d.join("registries.conf"), "").unwrap();
+    let podman_cmd = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(&podman);
+        cmd.env("CONTAINERS_CONF", d.join("containers.conf"))
+            .env("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf"))
+            .env("TMPDIR", d.join("tmp"))
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(d.join("run"))
+            .args([
+                "--storage-driver",
+                "overlay",
+                "--cgroup-manager",
+                "cgroupfs",
+            ])
+            .args(["--runtime", "runc"])
+            .args(args);
+        cmd
+    };
+    let loaded = dagger_integration_tests::registry::run(&mut podman_cmd(&[
+        "load",
+        "--quiet",
+        "-i",
+        path.to_str().unwrap(),
+    ]));
+    let loaded = String::from_utf8_lossy(&loaded.stdout);
+    let image = loaded
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let out = dagger_integration_tests::registry::run(&mut podman_cmd(&[
+        "run",
+        "--rm",
+        "--network=none",
+        &image,
+        "cat /data/new /data/note; echo; echo $FOO; pwd",
+    ]));
+    let _ = dagger_integration_tests::registry::run(&mut podman_cmd(&["rmi", "--all", "--force"]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "new\na note\nbar\n/data\n",
+        "podman ran the image with its entrypoint, env and workdir"
+    );
+}
+
+#[test]
+fn multi_platform_tarball_imports_per_platform() {
+    require_root();
+    let f = fixture("overlayfs");
+    let ctr = f.built_id();
+    let v = f.engine.query_ok(
+        r#"{ container(platform: "linux/arm64") { withNewFile(path: "/arch", contents: "arm64") { id } } }"#,
+    );
+    let arm = v["container"]["withNewFile"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tar = f.tarball_id(&ctr, &format!("platformVariants: [{}]", lit(&arm)));
+    let index = f.cat(&tar, "index.json");
+    let root = &index["manifests"][0];
+    assert_eq!(root["mediaType"], "application/vnd.oci.image.index.v1+json");
+    let inner = f.cat(&tar, &blob_path(root["digest"].as_str().unwrap()));
+    let platforms: Vec<String> = inner["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap(),
+                m["platform"]["architecture"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(platforms.len(), 2);
+    assert!(
+        platforms.contains(&"linux/arm64".to_string()),
+        "{platforms:?}"
+    );
+
+    // The container's platform picks the image.
+    let v = f.engine.query_ok(&format!(
+        r#"{{ container(platform: "linux/arm64") {{ import(source: {}) {{ platform rootfs {{ file(path: "/arch") {{ contents }} }} }} }} }}"#,
+        lit(&tar)
+    ));
+    assert_eq!(
+        v["container"]["import"]["rootfs"]["file"]["contents"],
+        "arm64"
+    );
+    let v = f.imported(&tar, "", r#"rootfs { entries(path: "/data") }"#);
+    assert_eq!(v["rootfs"]["entries"], json!(["new", "new-link", "note"]));
+    let v = f.engine.query(&format!(
+        r#"{{ container(platform: "linux/s390x") {{ import(source: {}) {{ rootfs {{ entries }} }} }} }}"#,
+        lit(&tar)
+    ));
+    let msg = v["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("no image for platform linux/s390x"), "{v}");
+}
+
+#[test]
+fn layer_blobs_belong_to_their_snapshots_for_gc() {
+    require_root();
+    let f = fixture("overlayfs");
+    let ctr = f.built_id();
+    let tar = f.tarball_id(&ctr, "forcedCompression: Zstd");
+    let index = f.cat(&tar, "index.json");
+    let manifest = f.cat(
+        &tar,
+        &blob_path(index["manifests"][0]["digest"].as_str().unwrap()),
+    );
+    let layers: Vec<String> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    let blob_file = |d: &str| {
+        f.engine
+            .root
+            .join("content/blobs/sha256")
+            .join(d.strip_prefix("sha256:").unwrap())
+    };
+    for l in &layers {
+        assert!(blob_file(l).is_file(), "layer {l} is in the content store");
+    }
+    // While their snapshots exist, the layer blobs are not entries of their own.
+    let set = f
+        .engine
+        .query_ok("{ engine { localCache { entrySet { entries { description } } } } }");
+    let text = set.to_string();
+    for l in &layers {
+        assert!(
+            !text.contains(&format!("blob {l}")),
+            "{l} is attached: {text}"
+        );
+    }
+    // Pruning everything removes the snapshots and their layer blobs.
+    f.engine.query_ok("{ engine { localCache { prune } } }");
+    for l in &layers {
+        assert!(
+            !blob_file(l).exists(),
+            "layer {l} was removed with its snapshot"
+        );
+    }
+}

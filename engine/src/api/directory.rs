@@ -42,6 +42,44 @@ pub(crate) async fn exists_in(
     .map_err(|e| solve_error(&e.into()))
 }
 
+/// Writes an evaluated tree on the client's disk through the request's session (see
+/// `crate::session`) and returns the absolute path the client wrote.
+pub(crate) async fn export_to_client(
+    ctx: &Context<'_>,
+    what: &str,
+    tree: crate::solver::TreeRef,
+    kind: crate::session::ExportKind,
+    request: crate::session::ExportRequest,
+) -> Result<String> {
+    use crate::session::RequestSession;
+    let none = RequestSession(None);
+    let session = ctx
+        .data_opt::<RequestSession>()
+        .unwrap_or(&none)
+        .require(what)
+        .map_err(|e| super::classified(&e))?
+        .clone();
+    let op = crate::progress::start(&format!("{what} to {}", request.path), None);
+    let source = crate::session::ExportSource {
+        snapshots: state(ctx).solver.snapshotter().clone(),
+        tree,
+        kind,
+    };
+    let result = session.export(source, &request).await;
+    op.finish(&result);
+    result.map_err(|e| super::classified(&e))
+}
+
+/// Fails early, before any evaluation, when `what` cannot reach a client.
+fn require_session(ctx: &Context<'_>, what: &str) -> Result<()> {
+    use crate::session::RequestSession;
+    match ctx.data_opt::<RequestSession>() {
+        Some(s) => s.require(what).map(|_| ()),
+        None => RequestSession(None).require(what).map(|_| ()),
+    }
+    .map_err(|e| super::classified(&e))
+}
+
 /// A directory.
 #[derive(Clone)]
 pub struct Directory(pub(crate) Arc<DirectoryNode>);
@@ -261,6 +299,33 @@ impl Directory {
         self.changed(FsChange::Symlink { target, link_name })
     }
 
+    /// Writes the contents of the directory to a path on the host.
+    async fn export(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Location of the copied directory (e.g., \"logs/\").")] path: String,
+        #[graphql(
+            default = false,
+            desc = "If true, then the host directory will be wiped clean before exporting so that it exactly matches the directory being exported; this means it will delete any files on the host that aren't in the exported dir. If false (the default), the contents of the directory will be merged with any existing contents of the host directory, leaving any existing files on the host that aren't in the exported directory alone."
+        )]
+        wipe: bool,
+    ) -> Result<String> {
+        require_session(ctx, "Directory.export")?;
+        let t = self.tree(ctx).await?;
+        export_to_client(
+            ctx,
+            "Directory.export",
+            (*t).clone(),
+            crate::session::ExportKind::Directory,
+            crate::session::ExportRequest {
+                path,
+                wipe,
+                allow_parent_dir_path: false,
+            },
+        )
+        .await
+    }
+
     /// Gets the difference between this directory and an another directory.
     async fn diff(&self, other: ID) -> Result<Directory> {
         Ok(Directory::new(DirectoryNode::Diff {
@@ -372,6 +437,33 @@ impl File {
     async fn name(&self, ctx: &Context<'_>) -> Result<String> {
         let t = self.tree(ctx).await?;
         Ok(t.path.rsplit('/').next().unwrap_or_default().to_string())
+    }
+
+    /// Writes the file to a file path on the host.
+    async fn export(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Location of the written directory (e.g., \"output.txt\").")] path: String,
+        #[graphql(
+            default = false,
+            desc = "If allowParentDirPath is true, the path argument can be a directory path, in which case the file will be created in that directory."
+        )]
+        allow_parent_dir_path: bool,
+    ) -> Result<String> {
+        require_session(ctx, "File.export")?;
+        let t = self.tree(ctx).await?;
+        export_to_client(
+            ctx,
+            "File.export",
+            (*t).clone(),
+            crate::session::ExportKind::File,
+            crate::session::ExportRequest {
+                path,
+                wipe: false,
+                allow_parent_dir_path,
+            },
+        )
+        .await
     }
 
     /// Retrieves this file with its name set to the given name.

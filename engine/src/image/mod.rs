@@ -256,13 +256,15 @@ impl ImageService {
                     media_type.clone(),
                     tap.clone(),
                 );
-                AbortOnDrop(tokio::spawn(async move {
+                // The download reports progress to the session that asked for the pull.
+                let reporter = crate::progress::current();
+                AbortOnDrop(tokio::spawn(crate::progress::scope(reporter, async move {
                     let _close = CloseTap(tap.clone());
                     let start = since();
                     svc.ensure_blob(&reference, &digest, size, &media_type, Some(tap))
                         .await
                         .map(|()| (start, since()))
-                }))
+                })))
             })
             .collect();
 
@@ -539,6 +541,7 @@ impl ImageService {
             writer.truncate()?;
         }
         // Only a download from byte 0 can feed an applier; after a resume it reads the blob.
+        let writer_offset = writer.offset();
         let tap = tap.filter(|_| writer.offset() == 0);
         if let Some(tap) = &tap {
             tap.start();
@@ -580,10 +583,18 @@ impl ImageService {
             }
             committed
         });
+        let hex = digest.hex();
+        let mut op = crate::progress::start(
+            &format!("pull {}:{}…", digest.algorithm(), &hex[..hex.len().min(12)]),
+            None,
+        );
+        let mut received = writer_offset;
         let mut send_error = None;
         while let Some(chunk) = stream.next_chunk().await {
             match chunk {
                 Ok(bytes) => {
+                    received += bytes.len() as u64;
+                    op.progress(received, Some(size));
                     if tx.send(Some(bytes)).await.is_err() {
                         break; // the writer failed; its error is reported below
                     }
@@ -600,9 +611,22 @@ impl ImageService {
         drop(tx);
         let written = write_task.await;
         if let Some(e) = send_error {
+            op.failed(&e.to_string());
             return Err(e.into());
         }
-        let size = written.map_err(|e| ImageError::Internal(e.to_string()))??;
+        let size = match written.map_err(|e| ImageError::Internal(e.to_string())) {
+            Ok(Ok(size)) => size,
+            Ok(Err(e)) => {
+                op.failed(&e.to_string());
+                return Err(e.into());
+            }
+            Err(e) => {
+                op.failed(&e.to_string());
+                return Err(e);
+            }
+        };
+        op.progress(size, Some(size));
+        op.done();
         self.inner.meta.put_blob(digest, size, media_type)?;
         Ok(())
     }

@@ -11,18 +11,36 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::session::{RequestSession, Sessions, SESSION_HEADER};
+
+/// What the GraphQL handler needs: the API and the connected client sessions.
+#[derive(Clone)]
+struct Front {
+    api: Api,
+    sessions: Sessions,
+}
+
 /// Queries inline object IDs as string literals, so bodies can be large.
 const MAX_BODY_BYTES: usize = 64 << 20;
 
 pub fn router(api: Api) -> Router {
+    let sessions = Sessions::new();
     Router::new()
         .route("/query", post(graphql).fallback(method_not_allowed))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(api)
+        .with_state(Front {
+            api,
+            sessions: sessions.clone(),
+        })
+        .merge(super::sessions::routes(sessions))
 }
 
-async fn graphql(State(api): State<Api>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn graphql(
+    State(Front { api, sessions }): State<Front>,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let body = match body {
         Ok(b) => b,
         Err(rejection) => {
@@ -41,8 +59,22 @@ async fn graphql(State(api): State<Api>, body: Result<Bytes, BytesRejection>) ->
             )
         }
     };
+    let session = headers
+        .get(SESSION_HEADER)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .map(|id| sessions.get(&id).ok_or(id));
+    // Work done for this request reports to its session's event stream.
+    let reporter = match &session {
+        Some(Ok(s)) => Some(s.reporter()),
+        _ => None,
+    };
+    let data = RequestSession(session);
     let started = std::time::Instant::now();
-    let response = api.execute(|| request.to_request()).await;
+    let response = crate::progress::scope(
+        reporter,
+        api.execute(|| request.to_request().data(data.clone())),
+    )
+    .await;
     tracing::debug!(
         elapsed_us = started.elapsed().as_micros() as u64,
         errors = response.errors.len(),

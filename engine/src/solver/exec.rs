@@ -81,16 +81,35 @@ struct Cached {
 }
 
 impl Execution {
+    /// Runs the exec (or finds its cached result), reporting to `op` how it went.
     pub(super) async fn run(
         &self,
         solver: &Solver,
         parent: &ContainerValue,
         args: &ExecArgs,
+        op: crate::progress::Op,
+    ) -> Result<ContainerValue> {
+        let mut cached = false;
+        let result = self.run_inner(solver, parent, args, &mut cached).await;
+        match &result {
+            Ok(_) if cached => op.cached(),
+            _ => op.finish(&result),
+        }
+        result
+    }
+
+    async fn run_inner(
+        &self,
+        solver: &Solver,
+        parent: &ContainerValue,
+        args: &ExecArgs,
+        cached: &mut bool,
     ) -> Result<ContainerValue> {
         let started = Instant::now();
         let argv = argv(parent, args)?;
         let key = cache_key(solver, parent, args, &argv).await?;
         if let Some(hit) = solver.cached_result::<Cached>(&key).await? {
+            *cached = true;
             return Ok(with_result(parent, hit.rootfs, hit.exec));
         }
         let lookup_us = micros(started);
