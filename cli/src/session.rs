@@ -9,6 +9,7 @@
 //! `dagger run` uses the same proxy in-process ([`Session::start`]).
 
 use crate::client::{Client, Endpoint};
+use crate::progress::Progress;
 use anyhow::Context as _;
 use base64::Engine as _;
 use http_body_util::{BodyExt as _, Either, Full};
@@ -44,8 +45,9 @@ type UpstreamBody = Either<Incoming, Full<Bytes>>;
 const MAX_QUERY_BYTES: usize = 64 << 20;
 
 /// `dagger session [anything...]`: the arguments are accepted and ignored (`--label`,
-/// `--workdir`, `--project`, `--load-workspace-modules`, and whatever later SDKs add).
-pub async fn command() -> anyhow::Result<ExitCode> {
+/// `--workdir`, `--project`, `--load-workspace-modules`, and whatever later SDKs add), except
+/// `--progress` (quiet by default: the SDKs read our stderr only when something fails).
+pub async fn command(progress: crate::progress::Mode) -> anyhow::Result<ExitCode> {
     // Watch stdin and signals before anything slow, so a parent that gives up early (closes
     // stdin or sends SIGTERM while we connect) still gets a clean exit 0.
     let stdin_eof = stdin_eof();
@@ -56,7 +58,7 @@ pub async fn command() -> anyhow::Result<ExitCode> {
     let session = tokio::select! {
         s = async {
             let client = crate::connect::connect().await?;
-            Session::start(&client).await
+            Session::start(&client, Progress::new(progress)).await
         } => s?,
         _ = &mut stdin_eof => return Ok(ExitCode::SUCCESS),
         _ = sigterm.recv() => return Ok(ExitCode::SUCCESS),
@@ -123,6 +125,7 @@ pub struct Session {
     /// Yields `None` once the accept loop and every connection task have ended: each holds a
     /// clone of the matching sender.
     finished: mpsc::Receiver<()>,
+    channel: Channel,
 }
 
 struct Shared {
@@ -130,11 +133,14 @@ struct Shared {
     token: String,
     /// For host uploads (see [`crate::host`]).
     client: Client,
+    /// Sent to the engine with every request (`X-Dagger-Session-Id`).
+    session_id: String,
 }
 
 impl Session {
-    /// Checks that the engine answers, then listens on 127.0.0.1:0 with a fresh token.
-    pub async fn start(client: &Client) -> anyhow::Result<Session> {
+    /// Checks that the engine answers, opens the session's event channel, then listens on
+    /// 127.0.0.1:0 with a fresh token.
+    pub async fn start(client: &Client, progress: Arc<Progress>) -> anyhow::Result<Session> {
         // Fail before the handshake, so the SDK reports the engine problem from our stderr
         // instead of a confusing error on its first query.
         let answer = tokio::time::timeout(ENGINE_CHECK_TIMEOUT, client.query("{ version }"))
@@ -153,6 +159,7 @@ impl Session {
                 answer.body
             );
         }
+        let channel = Channel::open(client, progress).await?;
         let token = new_token().context("generating the session token")?;
         // IPv4 loopback only, like the real CLI: the SDKs connect to 127.0.0.1.
         let listener = TcpListener::bind(("127.0.0.1", 0))
@@ -163,6 +170,7 @@ impl Session {
             endpoint: client.endpoint.clone(),
             token: token.clone(),
             client: client.clone(),
+            session_id: channel.id.clone(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let (alive, finished) = mpsc::channel(1);
@@ -172,6 +180,7 @@ impl Session {
             token,
             stop,
             finished,
+            channel,
         })
     }
 
@@ -180,6 +189,7 @@ impl Session {
     pub async fn stop(mut self, grace: Duration) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(grace, self.finished.recv()).await;
+        self.channel.close().await;
     }
 }
 
@@ -263,7 +273,7 @@ async fn handle(
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
         return resp;
     }
-    let req = match upstream_request(req, &shared.endpoint) {
+    let req = match upstream_request(req, &shared.endpoint, &shared.session_id) {
         Ok(r) => r,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, &format!("bad request: {e}")),
     };
@@ -339,7 +349,9 @@ async fn forward(
     }
 }
 
-async fn open_upstream(endpoint: &Endpoint) -> anyhow::Result<SendRequest<UpstreamBody>> {
+pub(crate) async fn open_upstream(
+    endpoint: &Endpoint,
+) -> anyhow::Result<SendRequest<UpstreamBody>> {
     let cannot = || format!("cannot connect to the engine at {endpoint}");
     match endpoint {
         Endpoint::Unix(path) => handshake(UnixStream::connect(path).await.with_context(cannot)?)
@@ -370,6 +382,7 @@ where
 fn upstream_request(
     req: Request<Incoming>,
     endpoint: &Endpoint,
+    session_id: &str,
 ) -> anyhow::Result<Request<Incoming>> {
     let (mut parts, body) = req.into_parts();
     let path = parts
@@ -387,6 +400,10 @@ fn upstream_request(
     parts.headers.insert(
         header::HOST,
         HeaderValue::from_str(host).context("invalid engine host")?,
+    );
+    parts.headers.insert(
+        SESSION_HEADER,
+        HeaderValue::from_str(session_id).context("invalid session id")?,
     );
     Ok(Request::from_parts(parts, body))
 }
@@ -490,6 +507,252 @@ fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
 }
 
 /// A random version-4 UUID, as the real CLI uses, from the kernel's CSPRNG.
+/// The header that ties a request to its session's channel on the engine.
+pub const SESSION_HEADER: &str = "x-dagger-session-id";
+
+/// The `Host` header for a request to `endpoint`.
+pub(crate) fn host_header(endpoint: &Endpoint) -> &str {
+    match endpoint {
+        Endpoint::Unix(_) => "localhost",
+        Endpoint::Tcp(hostport) => hostport.as_str(),
+    }
+}
+
+/// One request to the engine on a fresh connection; the answer's body streams.
+pub(crate) async fn engine_request(
+    endpoint: &Endpoint,
+    method: hyper::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> anyhow::Result<Response<Incoming>> {
+    let mut sender = open_upstream(endpoint).await?;
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, host_header(endpoint));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Either::Right(Full::new(Bytes::from(body))))
+        .context("building a request to the engine")?;
+    sender
+        .send_request(req)
+        .await
+        .with_context(|| format!("the engine at {endpoint} failed the request"))
+}
+
+/// The engine → client channel of a session: `GET /sessions/<id>/events` kept open for the
+/// session's lifetime. Progress events go to the renderer; export requests are carried out
+/// on this machine (see [`crate::export`]). Closing it ends the session on the engine.
+pub struct Channel {
+    pub id: String,
+    endpoint: Endpoint,
+    reader: tokio::task::JoinHandle<()>,
+    progress: Arc<Progress>,
+    /// The last `sync` token the reader has seen.
+    synced: watch::Receiver<u64>,
+}
+
+/// How long closing a channel waits for the events still in flight.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Channel {
+    /// Connects a new session and waits until the engine has registered it.
+    pub async fn open(client: &Client, progress: Arc<Progress>) -> anyhow::Result<Channel> {
+        let id = new_token().context("generating the session id")?;
+        let endpoint = client.endpoint.clone();
+        let resp = engine_request(
+            &endpoint,
+            hyper::Method::GET,
+            &format!("/sessions/{id}/events"),
+            &[],
+            Vec::new(),
+        )
+        .await?;
+        if resp.status() != StatusCode::OK {
+            let status = resp.status();
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+            anyhow::bail!(
+                "the engine at {endpoint} refused to open a session (HTTP {status}): {}",
+                body.map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default()
+            );
+        }
+        let mut body = resp.into_body();
+        let mut buf = Vec::new();
+        // The first line says the session is registered: requests may name it from now on.
+        loop {
+            if let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                let hello: serde_json::Value =
+                    serde_json::from_slice(&buf[..nl]).unwrap_or_default();
+                if hello["type"] != "hello" {
+                    anyhow::bail!(
+                        "the engine at {endpoint} sent an unexpected first session event: {}",
+                        String::from_utf8_lossy(&buf[..nl])
+                    );
+                }
+                buf.drain(..=nl);
+                break;
+            }
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("reading the session channel from {endpoint}")))
+                }
+                None => anyhow::bail!("the engine at {endpoint} closed the session channel"),
+            }
+        }
+        let (synced_tx, synced) = watch::channel(0);
+        let reader = tokio::spawn(read_events(
+            body,
+            buf,
+            endpoint.clone(),
+            id.clone(),
+            progress.clone(),
+            synced_tx,
+        ));
+        Ok(Channel {
+            id,
+            endpoint,
+            reader,
+            progress,
+            synced,
+        })
+    }
+
+    /// Waits until every event the engine queued so far has been handled (bounded by
+    /// [`SYNC_TIMEOUT`]): the engine answers a request before its last events are read.
+    pub async fn sync(&mut self) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let token = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let wait = async {
+            let resp = engine_request(
+                &self.endpoint,
+                hyper::Method::POST,
+                &format!("/sessions/{}/sync/{token}", self.id),
+                &[],
+                Vec::new(),
+            )
+            .await
+            .ok()?;
+            if !resp.status().is_success() {
+                return None;
+            }
+            self.synced.wait_for(|t| *t >= token).await.ok()
+        };
+        let _ = tokio::time::timeout(SYNC_TIMEOUT, wait).await;
+    }
+
+    /// Ends the session after the events in flight are shown: the engine sees its channel
+    /// close.
+    pub async fn close(mut self) {
+        self.sync().await;
+        self.reader.abort();
+        self.progress.finish();
+    }
+}
+
+/// Reads the session's events until the stream ends.
+async fn read_events(
+    mut body: Incoming,
+    mut buf: Vec<u8>,
+    endpoint: Endpoint,
+    id: String,
+    progress: Arc<Progress>,
+    synced: watch::Sender<u64>,
+) {
+    loop {
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let Ok(event) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                continue;
+            };
+            match event["type"].as_str() {
+                Some("op") => progress.event(&event),
+                Some("sync") => {
+                    if let Some(t) = event["token"].as_u64() {
+                        synced.send_if_modified(|cur| {
+                            let newer = t > *cur;
+                            if newer {
+                                *cur = t;
+                            }
+                            newer
+                        });
+                    }
+                }
+                Some("export") => {
+                    tokio::spawn(crate::export::serve(
+                        endpoint.clone(),
+                        id.clone(),
+                        event,
+                        progress.clone(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => {
+                eprintln!("dagger: the session channel to the engine at {endpoint} broke: {e}");
+                return;
+            }
+            None => {
+                eprintln!("dagger: the engine at {endpoint} closed the session channel");
+                return;
+            }
+        }
+    }
+}
+
+/// Sends one GraphQL document to the engine as part of session `session_id` (what
+/// `dagger query` does) and returns the JSON answer, whatever its status.
+pub async fn query_in_session(
+    client: &Client,
+    session_id: &str,
+    document: &str,
+) -> anyhow::Result<crate::client::Answer> {
+    let body = serde_json::to_vec(&serde_json::json!({ "query": document }))?;
+    let resp = engine_request(
+        &client.endpoint,
+        hyper::Method::POST,
+        "/query",
+        &[
+            (SESSION_HEADER, session_id),
+            ("content-type", "application/json"),
+            ("accept", "application/json"),
+        ],
+        body,
+    )
+    .await?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .context("reading the engine's answer")?
+        .to_bytes();
+    let body = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "the engine at {} answered HTTP {status} with a body that is not JSON: {}",
+            client.endpoint,
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+        )
+    })?;
+    Ok(crate::client::Answer { status, body })
+}
+
 fn new_token() -> std::io::Result<String> {
     let mut b = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;

@@ -3,6 +3,7 @@
 
 pub mod dial_stdio;
 mod http;
+mod sessions;
 mod upload;
 
 pub use http::router;

@@ -266,6 +266,12 @@ impl Solver {
 
     pub async fn container(&self, node: &ContainerNode) -> Result<Arc<ContainerValue>> {
         let key = key_of("container", node);
+        // Work already done (in any session) shows as cached in this one's progress.
+        if let Some(name) = progress_name(node) {
+            if self.lock_memo().contains_key(&key) {
+                crate::progress::cached(&name, Some(key.to_string()));
+            }
+        }
         let memo = self
             .memoised(key, || async {
                 Ok(Memo::Container(Arc::new(
@@ -300,12 +306,13 @@ impl Solver {
                         .map_err(|e| SolveError::InvalidArgument(e.to_string()))?;
                     let platform = Platform::parse(&p.platform)
                         .map_err(|e| SolveError::InvalidArgument(e.to_string()))?;
-                    let image = self
-                        .inner
-                        .images
-                        .pull(&reference, &platform)
-                        .await
-                        .map_err(|e| SolveError::Image(ImageError::Shared(e)))?;
+                    let op = crate::progress::start(
+                        &format!("from {address}"),
+                        Some(key_of("container", node).to_string()),
+                    );
+                    let pulled = self.inner.images.pull(&reference, &platform).await;
+                    op.finish(&pulled);
+                    let image = pulled.map_err(|e| SolveError::Image(ImageError::Shared(e)))?;
                     Ok(ContainerValue {
                         platform: p.platform.clone(),
                         rootfs: image.rootfs.clone(),
@@ -374,7 +381,11 @@ impl Solver {
                             "this engine cannot run containers (no executor)".into(),
                         )
                     })?;
-                    execution.run(self, &p, exec).await
+                    let op = crate::progress::start(
+                        &exec_progress_name(exec),
+                        Some(key_of("container", node).to_string()),
+                    );
+                    execution.run(self, &p, exec, op).await
                 }
                 ContainerNode::Fs {
                     parent,
@@ -577,6 +588,36 @@ impl Solver {
     pub(crate) fn cache_volumes(&self) -> &cache_volumes::CacheVolumes {
         &self.inner.cache_volumes
     }
+}
+
+/// The progress name of the operations worth showing (the ones that do real work).
+fn progress_name(node: &ContainerNode) -> Option<String> {
+    match node {
+        ContainerNode::From { address, .. } => Some(format!("from {address}")),
+        ContainerNode::Exec { exec, .. } => Some(exec_progress_name(exec)),
+        _ => None,
+    }
+}
+
+/// `withExec` and the arguments as written (before any `$VAR` expansion, so no value from
+/// the environment shows; secrets only ever reach execs through env and mounts). Arguments
+/// with spaces or quotes are quoted.
+fn exec_progress_name(exec: &node::ExecArgs) -> String {
+    let args: Vec<String> = exec
+        .args
+        .iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%^".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("{a:?}")
+            }
+        })
+        .collect();
+    crate::progress::short_name(&format!("withExec {}", args.join(" ")))
 }
 
 fn env_name(kv: &str) -> &str {
