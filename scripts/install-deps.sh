@@ -21,6 +21,8 @@ PACKAGES=(
   busybox-static    # the test images' contents
   openssl           # registry tests: TLS certificates, token signing
   apache2-utils     # registry tests: htpasswd (bcrypt) for Basic auth
+  openssh-client    # git over ssh (the engine runs ssh with the client's agent)
+  openssh-server    # git tests: an sshd of their own on 127.0.0.1 (the service is not started)
   podman            # publish tests: pulls and runs a published image
   docker.io         # runner-image tests: a private dockerd builds and runs the Dockerfile's image
   debootstrap       # runner-image tests: the Debian base image, built from the Debian mirror
@@ -39,6 +41,13 @@ if ((${#missing[@]})); then
   echo "install-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # Only sshd's binary is wanted: keep package scripts from starting services (an ssh server
+  # on port 22) on a machine that has no policy of its own.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 

@@ -59,6 +59,10 @@ pub enum HostObject {
     SecretUri {
         uri: String,
     },
+    /// `Host.unixSocket(path)`: forwarded to the engine for as long as the session lives.
+    UnixSocket {
+        path: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -441,7 +445,10 @@ pub fn scan(query: &str) -> HostQuery {
         return unsupported("selecting several Host fields at once");
     }
     let field = &host.selections[0];
-    if !matches!(field.name.as_str(), "directory" | "file" | "setSecretFile") {
+    if !matches!(
+        field.name.as_str(),
+        "directory" | "file" | "setSecretFile" | "unixSocket"
+    ) {
         return unsupported(&format!("Host.{}", field.name));
     }
     if field.fancy || field.selection_text.is_none() {
@@ -528,6 +535,7 @@ pub fn scan(query: &str) -> HostQuery {
             Some(name) => HostObject::SecretFile { name, path },
             None => return unsupported("Host.setSecretFile without a string name"),
         },
+        "unixSocket" => HostObject::UnixSocket { path },
         _ => HostObject::File { path },
     };
     HostQuery::Call(HostCall {
@@ -784,6 +792,7 @@ async fn forward(
         HostObject::Directory { .. } => "loadDirectoryFromID",
         HostObject::File { .. } => "loadFileFromID",
         HostObject::SecretFile { .. } | HostObject::SecretUri { .. } => "loadSecretFromID",
+        HostObject::UnixSocket { .. } => "loadSocketFromID",
     };
     let (last, outer) = call.keys.split_last().expect("at least one key");
     let document = format!("{{ {last}: {loader}(id: {}) {selection} }}", json!(id));
@@ -834,6 +843,17 @@ async fn resolve(call: &HostCall, client: &Client) -> anyhow::Result<String> {
             let value = read_secret_uri(uri)?;
             return set_secret(client, uri, value).await;
         }
+        HostObject::UnixSocket { path } => {
+            let path = host_path(path)?;
+            let meta = std::fs::metadata(&path)
+                .with_context(|| format!("host unix socket {}", path.display()))?;
+            if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+                bail!("{} is not a unix socket", path.display());
+            }
+            let (id, handle) = crate::sockets::register(client).await?;
+            crate::sockets::spawn_forwarder(client.clone(), handle, path);
+            return Ok(id);
+        }
         HostObject::Directory { .. } | HostObject::File { .. } => {}
     }
     let (file, tar) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -847,7 +867,9 @@ async fn resolve(call: &HostCall, client: &Client) -> anyhow::Result<String> {
                 let (name, tar) = pack_file(&host_path(path)?)?;
                 Ok((Some(name), tar))
             }
-            HostObject::SecretFile { .. } | HostObject::SecretUri { .. } => {
+            HostObject::SecretFile { .. }
+            | HostObject::SecretUri { .. }
+            | HostObject::UnixSocket { .. } => {
                 unreachable!("answered above")
             }
         }

@@ -33,6 +33,7 @@ pub mod registry;
 pub mod server;
 pub mod session;
 pub mod snapshot;
+pub mod sockets;
 pub mod solver;
 pub mod state;
 pub mod sys;

@@ -204,11 +204,15 @@ fn run(args: Args) -> anyhow::Result<()> {
             state.root().to_path_buf(),
         );
         let uploads = server::upload_routes(solver.clone());
+        let sockets = dagger_engine::sockets::ClientSockets::new(state.root().join("sockets"))
+            .context("preparing the client sockets directory")?;
+        let socket_routes = server::socket_routes(sockets.clone());
         let api = api::Api::new(api::ApiState {
             default_platform: oci::Platform::host(),
             solver,
             git,
             gc: gc.clone(),
+            sockets,
         });
         // After the consistency check (in `open_stores`): its first run is the start-up one.
         let gc_task = gc.start();
@@ -219,7 +223,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             "engine ready, listening on {}",
             names.join(", ")
         );
-        server::serve(listeners, server::router(api).merge(uploads), shutdown).await;
+        server::serve(listeners, server::router(api).merge(uploads).merge(socket_routes), shutdown).await;
         if let Some(task) = gc_task {
             task.abort();
         }

@@ -937,3 +937,146 @@ fn g5_host_and_environment_git_config_do_not_reach_the_engines_git() {
         .collect();
     assert!(fired.is_empty(), "host git configuration ran: {fired:?}");
 }
+
+// ---- ssh, with the client's agent forwarded through its session ----
+
+/// An `sshd` of the test's own on 127.0.0.1 that lets `root` in with `client_key`.
+fn sshd(dir: &Path) -> (Server, String) {
+    let sshd = Path::new("/usr/sbin/sshd");
+    assert!(
+        sshd.exists(),
+        "/usr/sbin/sshd is missing: install openssh-server (scripts/install-deps.sh)"
+    );
+    // Privilege separation needs this directory (the package's service would create it).
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let keygen = |path: &Path| {
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    keygen(&dir.join("host_key"));
+    keygen(&dir.join("client_key"));
+    std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+    for _ in 0..5 {
+        let port = free_port();
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\n\
+                 AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+                 PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n\
+                 PidFile {d}/sshd.pid\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        if wait_listening(port, &mut child) {
+            let host_key = std::fs::read_to_string(dir.join("host_key.pub")).unwrap();
+            let key: Vec<&str> = host_key.split_whitespace().take(2).collect();
+            let known = format!("[127.0.0.1]:{port} {}", key.join(" "));
+            return (Server { child, port }, known);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("sshd did not start");
+}
+
+/// `ssh-agent` on `socket` holding `key`.
+fn ssh_agent(socket: &Path, key: &Path) -> Server {
+    let mut child = Command::new("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "ssh-agent did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = Command::new("ssh-add")
+        .arg(key)
+        .env("SSH_AUTH_SOCK", socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ssh-add: {out:?}");
+    let _ = child.try_wait();
+    Server { child, port: 0 }
+}
+
+#[test]
+fn ssh_url_through_the_clients_agent_socket() {
+    use dagger_integration_tests::sdk::SessionProcess;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("srv");
+    std::fs::create_dir_all(&root).unwrap();
+    let w = work_tree(tmp.path(), "ssh-work");
+    let sha = commit(&w, &[("README.md", "over ssh\n")], "ssh");
+    let bare = publish(&w, &root, "ssh-repo");
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (server, known_hosts) = sshd(&keys);
+    let agent_sock = tmp.path().join("agent.sock");
+    let _agent = ssh_agent(&agent_sock, &keys.join("client_key"));
+
+    let engine = Engine::start(EngineOptions::default());
+    let session = SessionProcess::start_in(&engine, tmp.path(), &[]);
+    let r = session.query(
+        Some(&session.auth()),
+        r#"{ host { unixSocket(path: "agent.sock") { id } } }"#,
+    );
+    let v = r.json();
+    let socket = v["data"]["host"]["unixSocket"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_string();
+    let url = format!("ssh://root@127.0.0.1:{}{}", server.port, bare.display());
+    let d = engine.query_ok(&format!(
+        r#"{{ git(url: {}, sshKnownHosts: {}, sshAuthSocket: {}) {{ head {{ commit tree {{ file(path: "README.md") {{ contents }} }} }} }} }}"#,
+        lit(&url),
+        lit(&known_hosts),
+        lit(&socket)
+    ));
+    assert_eq!(d["git"]["head"]["commit"], sha.as_str());
+    assert_eq!(d["git"]["head"]["tree"]["file"]["contents"], "over ssh\n");
+
+    // No agent: a clear error naming what is missing.
+    let (msg, code) = query_err(
+        &engine,
+        &format!(
+            r#"{{ git(url: {}, sshKnownHosts: {}) {{ head {{ commit }} }} }}"#,
+            lit(&url),
+            lit(&known_hosts)
+        ),
+    );
+    assert!(msg.contains("sshAuthSocket"), "{code}: {msg}");
+    // The agent, but a host key we were not told to trust: refused.
+    let (msg, _) = query_err(
+        &engine,
+        &format!(
+            r#"{{ git(url: {}, sshAuthSocket: {}) {{ head {{ commit }} }} }}"#,
+            lit(&url),
+            lit(&socket)
+        ),
+    );
+    assert!(
+        msg.to_lowercase().contains("host key"),
+        "an unknown host key must fail: {msg}"
+    );
+}

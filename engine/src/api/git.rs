@@ -67,17 +67,31 @@ impl HttpAuthArgs {
 
 impl GitRepository {
     /// `Query.git`: validates the URL now (a bad URL fails here, not at the first ref).
-    pub(crate) fn open(
+    pub(crate) async fn open(
         ctx: &Context<'_>,
         url: &str,
         keep_git_dir: bool,
         ssh_known_hosts: &str,
         auth: HttpAuthArgs,
+        ssh_agent: Option<super::Socket>,
     ) -> Result<Self> {
         let credentials = auth.credentials(ctx)?;
+        let ssh_agent = match ssh_agent {
+            Some(socket) => {
+                let path = state(ctx)
+                    .sockets
+                    .stand_in(&socket.handle)
+                    .await
+                    .map_err(|e| classified(&e))?;
+                // Whose agent: repositories fetched through one client's keys are not served
+                // to another client from the cache.
+                Some((path, socket.handle.clone()))
+            }
+            None => None,
+        };
         let remote = state(ctx)
             .git
-            .remote(url, ssh_known_hosts, credentials)
+            .remote(url, ssh_known_hosts, credentials, ssh_agent)
             .map_err(|e| classified(&e))?;
         Ok(GitRepository(Arc::new(RepoState {
             remote,

@@ -1,7 +1,8 @@
 //! `Query.host`: declared so introspecting SDKs (Python builds queries from the schema) can
 //! build host queries. The engine never reads the client's disk: `dagger session` (the CLI,
-//! next to the client's files) answers these fields itself after uploading the path to
-//! `POST /upload`. Reaching the engine directly, they fail clearly.
+//! next to the client's files) answers these fields itself, after uploading the path to
+//! `POST /upload`, registering a socket at `POST /sockets` or handing a file's contents over
+//! with `setSecret`. Reaching the engine directly, they fail clearly.
 
 use super::{Directory, File};
 use crate::error::ErrorKind;
@@ -39,5 +40,18 @@ impl Host {
     #[allow(unused_variables)]
     async fn file(&self, path: String, no_cache: Option<bool>) -> Result<File> {
         Err(served_by_session("file"))
+    }
+
+    /// Accesses a Unix socket on the host.
+    #[allow(unused_variables)]
+    async fn unix_socket(&self, path: String) -> Result<super::Socket> {
+        Err(served_by_session("unixSocket"))
+    }
+
+    /// Sets a secret given a user-defined name and the file path on the host, and returns the
+    /// secret.
+    #[allow(unused_variables)]
+    async fn set_secret_file(&self, name: String, path: String) -> Result<super::Secret> {
+        Err(served_by_session("setSecretFile"))
     }
 }

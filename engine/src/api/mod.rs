@@ -17,7 +17,7 @@ pub use directory::{Directory, File};
 pub use git::{GitRef, GitRepository};
 pub use query::QueryRoot;
 pub use scalars::PlatformScalar;
-pub use volumes::{CacheVolume, Secret};
+pub use volumes::{CacheVolume, Secret, Socket};
 
 use crate::error::{Classify, ErrorKind};
 use crate::oci::Platform;
@@ -35,6 +35,8 @@ pub struct ApiState {
     pub git: crate::git::GitService,
     /// The local cache's collector (`Query.engine.localCache`).
     pub gc: crate::gc::Gc,
+    /// Client sockets (`Host.unixSocket`), reached through their sessions.
+    pub sockets: crate::sockets::ClientSockets,
 }
 
 /// A GraphQL error whose `extensions.code` says what kind of failure it was.

@@ -3,7 +3,7 @@
 use super::container::{Container, EnvVariable, Label, Port};
 use super::directory::{Directory, File};
 use super::gql_error;
-use super::volumes::{CacheVolume, Secret};
+use super::volumes::{CacheVolume, Secret, Socket};
 use crate::solver::id::{self, IdError};
 use crate::solver::node::{ContainerNode, DirectoryNode, FileNode};
 use async_graphql::{Interface, ID};
@@ -20,6 +20,7 @@ pub enum NodeObject {
     Port(Port),
     CacheVolume(CacheVolume),
     Secret(Secret),
+    Socket(Socket),
 }
 
 fn id_error(e: IdError) -> async_graphql::Error {
@@ -38,6 +39,7 @@ pub(crate) fn load(raw: &str) -> async_graphql::Result<NodeObject> {
         "Port" => NodeObject::Port(id::decode("Port", raw).map_err(id_error)?),
         "CacheVolume" => NodeObject::CacheVolume(load_cache_volume(raw)?),
         "Secret" => NodeObject::Secret(load_secret(raw)?),
+        "Socket" => NodeObject::Socket(load_socket(raw)?),
         other => {
             return Err(id_error(IdError::Malformed(format!(
                 "unknown object type {other:?}"
@@ -72,6 +74,10 @@ pub(crate) fn load_cache_volume(raw: &str) -> async_graphql::Result<CacheVolume>
 
 pub(crate) fn load_secret(raw: &str) -> async_graphql::Result<Secret> {
     id::decode("Secret", raw).map(Secret).map_err(id_error)
+}
+
+pub(crate) fn load_socket(raw: &str) -> async_graphql::Result<Socket> {
+    id::decode("Socket", raw).map_err(id_error)
 }
 
 /// `ID` accepted as written, whatever the legacy per-type scalar it was sent as.

@@ -1,6 +1,7 @@
 use super::node::{self, NodeObject};
 use super::scalars::{
     CacheVolumeId, ContainerId, DirectoryId, EnvVariableId, FileId, LabelId, PortId, SecretId,
+    SocketId,
 };
 use super::{ApiState, Container, Directory, File, PlatformScalar};
 use super::{CacheVolume, Secret};
@@ -95,7 +96,11 @@ impl QueryRoot {
         http_auth_token: Option<SecretId>,
         #[graphql(desc = "Secret used to populate the Authorization HTTP header")]
         http_auth_header: Option<SecretId>,
+        #[graphql(desc = "Set SSH auth socket")] ssh_auth_socket: Option<SocketId>,
     ) -> async_graphql::Result<super::GitRepository> {
+        let ssh_agent = ssh_auth_socket
+            .map(|id| node::load_socket(&id.0))
+            .transpose()?;
         let auth = super::git::HttpAuthArgs {
             username: http_auth_username,
             token: http_auth_token
@@ -105,7 +110,8 @@ impl QueryRoot {
                 .map(|id| node::load_secret(&id.0))
                 .transpose()?,
         };
-        super::GitRepository::open(ctx, &url, keep_git_dir, &ssh_known_hosts, auth)
+        super::GitRepository::open(ctx, &url, keep_git_dir, &ssh_known_hosts, auth, ssh_agent)
+            .await
     }
 
     /// Load any object by its ID.
@@ -210,5 +216,11 @@ impl QueryRoot {
     #[graphql(name = "loadSecretFromID")]
     async fn load_secret_from_id(&self, id: SecretId) -> Result<Secret> {
         node::load_secret(&id.0)
+    }
+
+    /// Load a Socket from its ID.
+    #[graphql(name = "loadSocketFromID")]
+    async fn load_socket_from_id(&self, id: SocketId) -> Result<super::Socket> {
+        node::load_socket(&id.0)
     }
 }

@@ -63,6 +63,7 @@ id_scalar!(LabelId, "LabelID");
 id_scalar!(PortId, "PortID");
 id_scalar!(CacheVolumeId, "CacheVolumeID");
 id_scalar!(SecretId, "SecretID");
+id_scalar!(SocketId, "SocketID");
 
 /// The absence of a value.
 ///

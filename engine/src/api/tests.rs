@@ -33,6 +33,7 @@ pub(super) fn api() -> Api {
         solver,
         git,
         gc,
+        sockets: crate::sockets::ClientSockets::new(dir.join("sockets")).expect("sockets dir"),
     })
 }
 

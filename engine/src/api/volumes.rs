@@ -1,4 +1,4 @@
-//! `CacheVolume` and `Secret`: what execs mount and read, by ID.
+//! `CacheVolume`, `Secret` and `Socket`: what execs and sources use, by ID.
 
 use super::{gql_error, ApiState};
 use crate::solver::id;
@@ -21,6 +21,33 @@ impl CacheVolume {
 /// A reference to a secret value, which can be handled more safely than the value itself.
 #[derive(Clone)]
 pub struct Secret(pub(crate) SecretNode);
+
+/// A unix socket on the client's machine (`Host.unixSocket`), reached through its session;
+/// see [`crate::sockets`]. The handle is the capability.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct Socket {
+    pub(crate) handle: String,
+}
+
+impl Socket {
+    /// The ID of the socket registered under `handle`.
+    pub fn id_for(handle: &str) -> String {
+        id::encode(
+            "Socket",
+            &Socket {
+                handle: handle.to_string(),
+            },
+        )
+    }
+}
+
+#[Object]
+impl Socket {
+    /// A unique identifier for this Socket.
+    pub async fn id(&self) -> ID {
+        ID(id::encode("Socket", self))
+    }
+}
 
 #[Object]
 impl Secret {

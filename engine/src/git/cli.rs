@@ -51,8 +51,10 @@ const HARDENING: &[&str] = &[
 pub(crate) struct RemoteCtx<'a> {
     /// Credentials for this URL's origin, and redaction of its secrets.
     pub url: Option<&'a GitUrl>,
-    /// A known_hosts file for ssh (submodules); `None` trusts no host key.
+    /// A known_hosts file for ssh; `None` trusts no host key.
     pub known_hosts: Option<&'a Path>,
+    /// An SSH agent socket (`sshAuthSocket`): the only keys ssh may use.
+    pub ssh_agent: Option<&'a Path>,
 }
 
 /// A failed or unstartable git command. Its text is already redacted.
@@ -118,13 +120,19 @@ impl GitCli {
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_SSH_COMMAND", ssh_command(remote.known_hosts))
+            .env(
+                "GIT_SSH_COMMAND",
+                ssh_command(remote.known_hosts, remote.ssh_agent.is_some()),
+            )
             .env("LC_ALL", "C")
             .env("LANG", "C");
         // Repository discovery stops at `cwd`: a checkout inside some other repository (a
         // state directory under a source tree) must never pick up that repository's config.
         if let Some(parent) = cwd.parent() {
             cmd.env("GIT_CEILING_DIRECTORIES", parent);
+        }
+        if let Some(agent) = remote.ssh_agent {
+            cmd.env("SSH_AUTH_SOCK", agent);
         }
         if let Some(auth) = remote.url.and_then(|u| u.auth().map(|a| (u.origin(), a))) {
             // Scoped to the origin, so a submodule or redirect elsewhere never gets it.
@@ -186,13 +194,21 @@ impl GitCli {
 }
 
 /// `GIT_SSH_COMMAND` (run by a shell, hence the quoting).
-fn ssh_command(known_hosts: Option<&Path>) -> String {
+/// ssh with no configuration file, no prompts and only the given host keys. Keys come from the
+/// agent when there is one (git's HOME is an empty directory: there are no key files), and
+/// from nowhere otherwise.
+fn ssh_command(known_hosts: Option<&Path>, agent: bool) -> String {
     let known = known_hosts
         .map(|p| shell_quote(p.as_os_str()))
         .unwrap_or_else(|| "/dev/null".into());
+    let identities = if agent {
+        ""
+    } else {
+        " -o IdentitiesOnly=yes -o IdentityFile=/dev/null"
+    };
     format!(
         "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={known} \
-         -o GlobalKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o IdentityFile=/dev/null"
+         -o GlobalKnownHostsFile=/dev/null{identities}"
     )
 }
 
@@ -221,6 +237,7 @@ mod tests {
             RemoteCtx {
                 url: Some(&url),
                 known_hosts: None,
+                ssh_agent: None,
             },
             false,
             &argv,
@@ -280,11 +297,13 @@ mod tests {
 
     #[test]
     fn known_hosts_path_is_quoted_for_the_shell() {
-        let s = ssh_command(Some(Path::new("/tmp/it's here/kh")));
+        let s = ssh_command(Some(Path::new("/tmp/it's here/kh")), false);
         assert!(
             s.contains("UserKnownHostsFile='/tmp/it'\\''s here/kh'"),
             "{s}"
         );
-        assert!(ssh_command(None).contains("UserKnownHostsFile=/dev/null"));
+        assert!(ssh_command(None, false).contains("UserKnownHostsFile=/dev/null"));
+        assert!(ssh_command(None, false).contains("IdentityFile=/dev/null"));
+        assert!(!ssh_command(None, true).contains("IdentitiesOnly"));
     }
 }

@@ -117,6 +117,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> GitError + '_ {
 pub struct GitRemote {
     url: GitUrl,
     known_hosts: String,
+    /// The stand-in for the client's SSH agent socket (ssh URLs).
+    ssh_agent: Option<PathBuf>,
     /// Names the cached repository (and keys its trees).
     key: String,
 }
@@ -193,26 +195,37 @@ impl GitService {
         })
     }
 
-    /// Validates a remote. ssh needs an agent socket, which the API cannot pass yet.
-    /// `credentials`, when given, replace any in the URL.
+    /// Validates a remote. `credentials`, when given, replace any in the URL. ssh URLs need
+    /// `ssh_agent`: a local socket reaching the client's agent, with a name for whose agent
+    /// it is (repositories fetched through different agents are cached apart).
     pub fn remote(
         &self,
         url: &str,
         ssh_known_hosts: &str,
         credentials: Option<HttpCredentials>,
+        ssh_agent: Option<(PathBuf, String)>,
     ) -> Result<GitRemote, GitError> {
         let mut url = GitUrl::parse(url)?;
         if let Some(creds) = credentials {
             url = url.with_credentials(creds)?;
         }
-        if url.scheme() == Scheme::Ssh {
+        let is_ssh = url.scheme() == Scheme::Ssh;
+        if is_ssh && ssh_agent.is_none() {
             return Err(GitError::Unsupported {
                 url: url.display().to_string(),
-                reason: "ssh URLs need an SSH agent socket (sshAuthSocket), which this engine does not serve yet; use an https URL".into(),
+                reason: "ssh URLs need an SSH agent socket: pass sshAuthSocket (host.unixSocket of $SSH_AUTH_SOCK), or use an https URL".into(),
             });
         }
         let mut h = sha2::Sha256::new();
         h.update(url.remote().as_bytes());
+        let ssh_agent = match ssh_agent {
+            Some((path, identity)) if is_ssh => {
+                h.update(b"\0ssh-agent\0");
+                h.update(identity.as_bytes());
+                Some(path)
+            }
+            _ => None,
+        };
         if let Some(auth) = url.auth() {
             // Separate caches per credential: a commit fetched with one token must not be
             // served to a caller who cannot read the repository.
@@ -223,14 +236,17 @@ impl GitService {
             key: hex::encode(h.finalize()),
             url,
             known_hosts: ssh_known_hosts.to_string(),
+            ssh_agent,
         })
     }
 
     /// Lists the remote's refs (`git ls-remote --symref`).
     pub async fn ls_remote(&self, remote: &GitRemote) -> Result<RemoteRefs, GitError> {
+        let known_hosts = KnownHosts::write(&self.inner.tmp, &remote.known_hosts)?;
         let ctx = RemoteCtx {
             url: Some(&remote.url),
-            known_hosts: None,
+            known_hosts: known_hosts.path(),
+            ssh_agent: remote.ssh_agent.as_deref(),
         };
         let out = self
             .inner
@@ -375,6 +391,7 @@ impl Inner {
         let ctx = RemoteCtx {
             url: Some(url),
             known_hosts: known_hosts.path(),
+            ssh_agent: remote.ssh_agent.as_deref(),
         };
         let repo = self.root.join(&remote.key);
         let active = self.snapshots.prepare(None)?;
@@ -891,7 +908,7 @@ mod tests {
             meta,
         );
         let git = GitService::new(dir.path().join("git"), snaps).unwrap();
-        let key = |u: &str| git.remote(u, "", None).unwrap().key;
+        let key = |u: &str| git.remote(u, "", None, None).unwrap().key;
         assert_eq!(
             key("https://Example.com/r.git"),
             key("https://example.com:443/r.git")
@@ -904,7 +921,7 @@ mod tests {
             key("https://u:a@example.com/r.git"),
             key("https://u:b@example.com/r.git")
         );
-        let e = git.remote("git@github.com:o/r.git", "", None).unwrap_err();
+        let e = git.remote("git@github.com:o/r.git", "", None, None).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
         assert!(e.to_string().contains("sshAuthSocket"), "{e}");
         assert!(dir.path().join("git/home").is_dir());

@@ -4,9 +4,11 @@
 pub mod dial_stdio;
 mod http;
 mod sessions;
+mod sockets;
 mod upload;
 
 pub use http::router;
+pub use sockets::routes as socket_routes;
 pub use upload::routes as upload_routes;
 
 use crate::config::{GrpcConfig, ListenAddr};
