@@ -342,6 +342,50 @@ print(json.load(urllib.request.urlopen(req))["data"]["version"])
         text(&out.stderr)
     );
 
+    // dagger session through the driver, as the SDKs spawn it: handshake line, an authorized
+    // query, exit 0 when stdin closes.
+    session_through(&runner_a);
+
+    // kube-pod:// end to end, with a stand-in kubectl that records its command line and runs
+    // it against the engine container: the driver's kubectl argv, and the tunnel through it.
+    let fake = work.path().join("fake-bin");
+    std::fs::create_dir_all(&fake).unwrap();
+    let argv_log = work.path().join("kubectl-argv");
+    let argv_log_s = argv_log.display().to_string();
+    let script = r#"#!/bin/sh
+printf '%s\n' "$*" >> "$KUBECTL_ARGV_LOG"
+while [ "$1" != -- ]; do shift; done
+shift
+exec docker exec -i rt-engine-a "$@"
+"#;
+    std::fs::write(fake.join("kubectl"), script).unwrap();
+    run(Command::new("chmod").arg("755").arg(fake.join("kubectl")));
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let runner_kube = [
+        (
+            "_EXPERIMENTAL_DAGGER_RUNNER_HOST",
+            "kube-pod://rt-engine-a?context=ci&namespace=dagger&container=engine",
+        ),
+        ("PATH", path.as_str()),
+        ("KUBECTL_ARGV_LOG", argv_log_s.as_str()),
+        docker_env[0],
+        ("DOCKER_CONFIG", docker_config.as_str()),
+    ];
+    let v = json_ok(
+        &dagger(&["query"], "{ version }", &runner_kube),
+        "query via kube-pod://",
+    );
+    assert!(v["version"].as_str().unwrap_or("").starts_with('v'), "{v}");
+    let recorded = std::fs::read_to_string(&argv_log).unwrap();
+    assert_eq!(
+        recorded.lines().next().unwrap(),
+        "--context=ci --namespace=dagger exec -i rt-engine-a --container=engine -- dagger-engine dial-stdio"
+    );
+
     // Without insecure-entitlements, privileged execution is refused (and plain execs work).
     let runner_b = [
         (
@@ -366,6 +410,26 @@ print(json.load(urllib.request.urlopen(req))["data"]["version"])
         !b_logs.contains("cannot host overlay snapshots"),
         "{b_logs}"
     );
+
+    // A state directory on the container's own overlay rootfs: the warning users see.
+    let mut args = vec!["run", "-d", "--name", "rt-engine-c"];
+    args.extend(docker::ENGINE_RUN_FLAGS);
+    args.extend([IMAGE, "--root", "/var/tmp/dagger-state"]);
+    d.docker(&args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let c_logs = logs(&d, "rt-engine-c");
+        if c_logs.contains("cannot host overlay snapshots") {
+            assert!(
+                c_logs.contains("-v dagger-engine:/var/lib/dagger"),
+                "{c_logs}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no overlay warning:\n{c_logs}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    d.docker(&["stop", "rt-engine-c"]);
 
     // docker-image://: provisions dagger-engine-test with the flags this host needs, removes
     // an older engine container, and reuses its container on the next call.
@@ -444,6 +508,71 @@ print(json.load(urllib.request.urlopen(req))["data"]["version"])
     drop(registry);
 }
 
+/// Spawns `dagger session` with `env`, reads its handshake, sends one authorized query to it
+/// and closes its stdin: it must answer and exit 0.
+fn session_through(env: &[(&str, &str)]) {
+    use std::io::{BufRead, Read, Write};
+    let mut cmd = Command::new(bin("dagger"));
+    cmd.arg("session")
+        .env_remove("_EXPERIMENTAL_DAGGER_RUNNER_HOST")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let hello: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+        let mut err = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        panic!("dagger session handshake {line:?}: {e}\n{err}")
+    });
+    let port = hello["port"].as_u64().unwrap();
+    let token = hello["session_token"].as_str().unwrap();
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
+    let body = r#"{"query":"{ version }"}"#;
+    let auth = base64_encode(format!("{token}:").as_bytes());
+    write!(
+        conn,
+        "POST /query HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains(r#""version":"v"#),
+        "{answer}"
+    );
+    drop(child.stdin.take());
+    let status = wait_timeout(&mut child, Duration::from_secs(60)).expect("session did not exit");
+    assert!(status.success(), "dagger session exited with {status}");
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn kube_pod_fails_fast_without_kubectl() {
     let empty = tempfile::tempdir().unwrap();
@@ -493,6 +622,24 @@ fn docker_container_fails_fast_for_a_missing_container() {
     assert!(!out.status.success());
     assert!(
         stderr.contains("no container named \"no-such-engine\""),
+        "{stderr}"
+    );
+
+    // The same check with podman.
+    require_binary("podman", "podman");
+    let out = dagger(
+        &["query"],
+        "{ version }",
+        &[(
+            "_EXPERIMENTAL_DAGGER_RUNNER_HOST",
+            "podman-container://no-such-engine",
+        )],
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("podman-container://no-such-engine")
+            && stderr.contains("no container named \"no-such-engine\""),
         "{stderr}"
     );
 }
