@@ -288,3 +288,35 @@ fn the_real_sdks_export_a_directory_with_wipe_and_a_file() {
         }
     }
 }
+
+#[test]
+fn container_export_writes_an_oci_tarball_on_the_client() {
+    let fx = SdkFixture::start();
+    let cwd = tempfile::tempdir().unwrap();
+    let doc = format!(
+        r#"{{ container {{ from(address: "{}") {{ withEnvVariable(name: "OUT", value: "images") {{ export(path: "$OUT/busybox.tar", expand: true) }} }} }} }}"#,
+        fx.image
+    );
+    let v = ok_json(&query_in(&fx.engine, cwd.path(), &doc, &[]), &fx.engine);
+    let tarball = cwd.path().join("images/busybox.tar");
+    assert_eq!(
+        v["container"]["from"]["withEnvVariable"]["export"],
+        serde_json::json!(tarball.to_string_lossy())
+    );
+    let bytes = std::fs::read(&tarball).unwrap();
+    let mut entries: Vec<String> = tar::Archive::new(&bytes[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert!(
+        entries.iter().any(|n| n == "oci-layout") && entries.iter().any(|n| n == "index.json"),
+        "not an OCI layout: {entries:?}"
+    );
+    assert!(
+        entries.iter().any(|n| n.starts_with("blobs/sha256/")),
+        "{entries:?}"
+    );
+    assert_eq!(names(cwd.path()), ["images"], "nothing else written");
+}

@@ -604,6 +604,67 @@ impl Container {
         }))
     }
 
+    /// Writes the container as an OCI tarball to the destination file path on the host.
+    ///
+    /// It can also export platform variants.
+    async fn export(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(
+            desc = "Host's destination path (e.g., \"./tarball\"). Path can be relative to the engine's workdir or absolute."
+        )]
+        path: String,
+        #[graphql(
+            default,
+            desc = "Identifiers for other platform specific containers. Used for multi-platform image."
+        )]
+        platform_variants: Vec<ID>,
+        #[graphql(
+            desc = "Force each layer of the exported image to use the specified compression algorithm. If this is unset, then if a layer already has a compressed blob in the engine's cache, that will be used (this can result in a mix of compression algorithms for different layers). If this is unset and a layer has no compressed blob in the engine's cache, then it will be compressed using Gzip."
+        )]
+        forced_compression: Option<ImageLayerCompression>,
+        #[graphql(
+            default,
+            desc = "Use the specified media types for the exported image's layers. Defaults to OCI, which is largely compatible with most recent container runtimes, but Docker may be needed for older runtimes without OCI support."
+        )]
+        media_types: ImageMediaTypes,
+        #[graphql(
+            default = false,
+            desc = "Replace \"${VAR}\" or \"$VAR\" in the value of path according to the current environment variables defined in the container (e.g. \"/$VAR/foo\")."
+        )]
+        expand: bool,
+    ) -> Result<String> {
+        super::directory::require_session(ctx, "Container.export")?;
+        let path = if expand {
+            let c = self.value(ctx).await?;
+            crate::util::expand(&path, crate::util::env_lookup(&c.config.env))
+        } else {
+            path
+        };
+        // The same file `asTarball` gives, written on the client as `File.export` does.
+        let tarball = self
+            .as_tarball(ctx, platform_variants, forced_compression, media_types)
+            .await?;
+        let tree = ctx
+            .data_unchecked::<Arc<ApiState>>()
+            .solver
+            .file(&tarball.0)
+            .await
+            .map_err(|e| solve_error(&e))?;
+        super::directory::export_to_client(
+            ctx,
+            "Container.export",
+            (*tree).clone(),
+            crate::session::ExportKind::File,
+            crate::session::ExportRequest {
+                path,
+                wipe: false,
+                allow_parent_dir_path: false,
+            },
+        )
+        .await
+    }
+
     /// Reads the container from an OCI tarball.
     #[graphql(name = "import")]
     async fn import_(

@@ -71,7 +71,7 @@ pub(crate) async fn export_to_client(
 }
 
 /// Fails early, before any evaluation, when `what` cannot reach a client.
-fn require_session(ctx: &Context<'_>, what: &str) -> Result<()> {
+pub(crate) fn require_session(ctx: &Context<'_>, what: &str) -> Result<()> {
     use crate::session::RequestSession;
     match ctx.data_opt::<RequestSession>() {
         Some(s) => s.require(what).map(|_| ()),
