@@ -861,3 +861,66 @@ impl ImageService {
         tw.finish().map_err(&io_err)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ImageSpec {
+        let mut config = ImageConfig {
+            env: vec!["PATH=/bin".into(), "A=b".into()],
+            entrypoint: vec!["/bin/sh".into()],
+            workdir: "/srv".into(),
+            exposed_ports: vec!["80/tcp".into(), "53/udp".into()],
+            ..ImageConfig::default()
+        };
+        config.labels.insert("k".into(), "v".into());
+        ImageSpec {
+            platform: Platform::parse("linux/arm/v7").unwrap(),
+            config,
+            rootfs: None,
+        }
+    }
+
+    #[test]
+    fn config_json_is_complete_and_deterministic() {
+        let d = Digest::of(b"layer");
+        let a = config_json(&spec(), std::slice::from_ref(&d), &["x".into()]);
+        assert_eq!(a, config_json(&spec(), &[d.clone()], &["x".into()]));
+        let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
+        assert_eq!(v["architecture"], "arm");
+        assert_eq!(v["variant"], "v7");
+        assert_eq!(v["config"]["Env"], serde_json::json!(["PATH=/bin", "A=b"]));
+        assert_eq!(v["config"]["WorkingDir"], "/srv");
+        assert_eq!(
+            v["config"]["ExposedPorts"],
+            serde_json::json!({"53/udp": {}, "80/tcp": {}})
+        );
+        assert_eq!(v["config"]["Labels"]["k"], "v");
+        assert!(v["config"].get("Cmd").is_none() && v.get("created").is_none());
+        assert_eq!(v["rootfs"]["diff_ids"][0], d.to_string());
+        assert_eq!(v["history"].as_array().unwrap().len(), 1);
+        // It reads back as the same config.
+        let back = ImageConfig::parse(&a).unwrap();
+        assert_eq!(back.env, spec().config.env);
+        assert_eq!(back.labels, spec().config.labels);
+    }
+
+    #[test]
+    fn media_types_and_compression_names() {
+        use LayerCompression::*;
+        for c in [Gzip, Zstd, Uncompressed] {
+            assert_eq!(LayerCompression::from_name(c.name()), Some(c));
+        }
+        assert_eq!(
+            Zstd.media_type(ImageMediaTypes::Docker),
+            "application/vnd.docker.image.rootfs.diff.tar.zstd"
+        );
+        assert_eq!(
+            Uncompressed.media_type(ImageMediaTypes::Oci),
+            "application/vnd.oci.image.layer.v1.tar"
+        );
+        assert_eq!(LayerCompression::detect(&[0x1f, 0x8b, 0x08, 0]), Gzip);
+        assert_eq!(LayerCompression::detect(b"plain tar"), Uncompressed);
+    }
+}
