@@ -320,3 +320,49 @@ fn container_export_writes_an_oci_tarball_on_the_client() {
     );
     assert_eq!(names(cwd.path()), ["images"], "nothing else written");
 }
+
+#[test]
+fn exports_travel_over_a_tcp_connection_to_the_engine() {
+    // As with a remote engine: the CLI only reaches it over tcp, and the files land here.
+    let engine = Engine::start(EngineOptions {
+        tcp: true,
+        ..Default::default()
+    });
+    let cwd = tempfile::tempdir().unwrap();
+    let mut child = Command::new(bin("dagger"))
+        .args(["query", "--progress=plain"])
+        .current_dir(cwd.path())
+        .env(
+            "_EXPERIMENTAL_DAGGER_RUNNER_HOST",
+            format!("tcp://127.0.0.1:{}", engine.tcp_port.unwrap()),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            br#"{ directory { withNewFile(path: "remote.txt", contents: "over tcp") { export(path: ".") } } }"#,
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let v = ok_json(&out, &engine);
+    assert_eq!(
+        v["directory"]["withNewFile"]["export"],
+        serde_json::json!(cwd.path().to_string_lossy())
+    );
+    assert_eq!(
+        std::fs::read_to_string(cwd.path().join("remote.txt")).unwrap(),
+        "over tcp"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Directory.export to .") && err.contains(" DONE "),
+        "the export shows in progress: {err}"
+    );
+}
