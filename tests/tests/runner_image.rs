@@ -292,6 +292,28 @@ fn runner_image_end_to_end() {
     );
     assert!(logs(&d, "rt-engine-a").contains("adding the CA certificates"));
 
+    // The mounted CA reaches exec containers that have a CA bundle, for the exec only: the
+    // container's own file is unchanged afterwards.
+    let bundle = "/etc/ssl/certs/ca-certificates.crt";
+    let ca_query = format!(
+        r#"{{ container {{ from(address: "{image_ref}") {{
+            withNewFile(path: "{bundle}", contents: "ORIGINAL BUNDLE\n") {{
+                withExec(args: ["cat", "{bundle}"]) {{
+                    stdout
+                    file(path: "{bundle}") {{ contents }}
+                }}
+            }}
+        }} }} }}"#
+    );
+    let v = json_ok(&dagger(&["query"], &ca_query, &runner_a), "CA bundle query");
+    let exec = &v["container"]["from"]["withNewFile"]["withExec"];
+    let seen = exec["stdout"].as_str().unwrap_or_default();
+    assert!(
+        seen.starts_with("ORIGINAL BUNDLE\n") && seen.contains(&ca_body),
+        "the exec's CA bundle lacks the mounted CA: {seen}"
+    );
+    assert_eq!(exec["file"]["contents"], "ORIGINAL BUNDLE\n");
+
     // Many requests through one driver reuse its connections: `dagger version` + a query per
     // call here; the engine container must not accumulate dial-stdio processes either.
     for _ in 0..3 {
