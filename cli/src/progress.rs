@@ -177,13 +177,14 @@ impl Inner {
                 let Some(op) = self.ops.get_mut(&id) else {
                     return;
                 };
-                let bar = m.add(ProgressBar::new_spinner());
-                bar.set_style(
-                    ProgressStyle::with_template("{spinner} [{prefix}] {msg} {elapsed}")
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                );
-                bar.set_prefix(op.n.to_string());
-                bar.set_message(op.name.clone());
+                let bar = ProgressBar::new_spinner()
+                    .with_style(
+                        ProgressStyle::with_template("{spinner} [{prefix}] {msg} {elapsed}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    )
+                    .with_prefix(op.n.to_string())
+                    .with_message(op.name.clone());
+                let bar = m.add(bar);
                 bar.enable_steady_tick(Duration::from_millis(120));
                 op.bar = Some(bar);
             }

@@ -199,3 +199,41 @@ fn dagger_run_progress_leaves_the_program_stdout_alone() {
         "{err2}"
     );
 }
+
+#[test]
+fn on_a_terminal_progress_is_a_live_display() {
+    // `script` gives the CLI a pseudo-terminal (util-linux, present on every Debian system).
+    let script = dagger_integration_tests::registry::require_binary("script", "bsdutils");
+    let engine = Engine::start(EngineOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("q.graphql");
+    std::fs::write(
+        &doc,
+        format!(
+            r#"{{ directory {{ withNewFile(path: "a", contents: "x") {{ export(path: "{}") }} }} }}"#,
+            dir.path().join("out").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(script)
+        .arg("-qec")
+        .arg(format!(
+            "{} query --doc {}",
+            bin("dagger").display(),
+            doc.display()
+        ))
+        .arg("/dev/null")
+        .env("_EXPERIMENTAL_DAGGER_RUNNER_HOST", engine.runner_host())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let screen = text(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    // `auto` on a terminal: redrawn spinner lines (erase-line sequences), then the final line.
+    assert!(screen.contains("\u{1b}[2K"), "no live redraw: {screen:?}");
+    assert!(
+        screen.contains("Directory.export to ") && screen.contains(" DONE "),
+        "{screen:?}"
+    );
+    assert!(dir.path().join("out/a").exists());
+}
