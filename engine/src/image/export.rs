@@ -127,6 +127,25 @@ pub struct BuiltImage {
     pub layer_sources: HashMap<Digest, Vec<String>>,
     /// Per manifest (in `variants` order): its descriptor and platform.
     pub manifests: Vec<(BlobRef, Platform)>,
+    /// Keeps every blob above from the garbage collector while this value (or a clone) lives.
+    _hold: BlobHold,
+}
+
+/// A lease on an image's blobs, released when the last clone is dropped.
+#[derive(Clone)]
+struct BlobHold(std::sync::Arc<super::PullLease>);
+
+impl std::fmt::Debug for BlobHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlobHold")
+    }
+}
+
+impl BlobHold {
+    fn blob(&self, d: &Digest) -> Result<(), ImageError> {
+        self.0
+            .hold(&[(crate::metadata::ResourceKind::Blob, d.to_string())])
+    }
 }
 
 #[derive(Serialize)]
@@ -285,15 +304,20 @@ impl ImageService {
         let mut manifests: Vec<(BlobRef, Platform)> = Vec::new();
         let mut layer_sources = HashMap::new();
         let mut pins = Vec::new();
+        let hold = BlobHold(std::sync::Arc::new(super::PullLease::new(
+            &self.inner.meta,
+        )?));
         for spec in variants {
             let chain = self.layer_chain(spec.rootfs.as_ref(), &mut pins).await?;
             let mut layers = Vec::with_capacity(chain.len());
             for snap in &chain {
                 let this = self.clone();
                 let snap = snap.clone();
-                let rec = tokio::task::spawn_blocking(move || this.layer_blob(&snap, compression))
-                    .await
-                    .map_err(|e| ImageError::Internal(e.to_string()))??;
+                let h = hold.clone();
+                let rec =
+                    tokio::task::spawn_blocking(move || this.layer_blob(&snap, compression, &h))
+                        .await
+                        .map_err(|e| ImageError::Internal(e.to_string()))??;
                 layers.push(rec);
             }
             let mut layer_refs = Vec::new();
@@ -331,6 +355,7 @@ impl ImageService {
                 digest: Digest::of(&config),
                 size: config.len() as u64,
             };
+            hold.blob(&config_ref.digest)?;
             self.store_bytes(&config_ref.digest, config.into(), config_type)
                 .await?;
             configs.push(config_ref.clone());
@@ -359,6 +384,7 @@ impl ImageService {
                 digest: Digest::of(&bytes),
                 size: bytes.len() as u64,
             };
+            hold.blob(&mref.digest)?;
             self.store_bytes(&mref.digest, bytes.into(), manifest_type)
                 .await?;
             manifests.push((mref, spec.platform.clone()));
@@ -395,6 +421,7 @@ impl ImageService {
                 digest: Digest::of(&bytes),
                 size: bytes.len() as u64,
             };
+            hold.blob(&iref.digest)?;
             self.store_bytes(&iref.digest, bytes.into(), index_type)
                 .await?;
             blobs.push(iref.clone());
@@ -406,6 +433,7 @@ impl ImageService {
             blobs,
             layer_sources,
             manifests,
+            _hold: hold,
         })
     }
 
@@ -437,16 +465,21 @@ impl ImageService {
     }
 
     /// The layer blob of `snapshot` in `wanted` compression (any existing one for `None`),
-    /// made and recorded if needed. Blocking.
-    pub fn layer_blob(
+    /// made and recorded if needed; `hold` keeps it from the collector. Blocking.
+    fn layer_blob(
         &self,
         snapshot: &str,
         wanted: Option<LayerCompression>,
+        hold: &BlobHold,
     ) -> Result<LayerBlobRecord, ImageError> {
         let meta = &self.inner.meta;
         let content = &self.inner.content;
-        let mut rows: Vec<LayerBlobRecord> = meta
-            .layer_blobs(snapshot)?
+        let rows = meta.layer_blobs(snapshot)?;
+        // Leased first, then checked: a blob that passes stays.
+        for r in &rows {
+            hold.blob(&r.digest)?;
+        }
+        let mut rows: Vec<LayerBlobRecord> = rows
             .into_iter()
             .filter(|r| content.info(&r.digest) == Some(r.size))
             .collect();
@@ -470,8 +503,8 @@ impl ImageService {
         };
         let made = match rows.first() {
             // Same uncompressed bytes, so the diff id (and the chain) stays the pulled one.
-            Some(src) => self.recompress(src, target)?,
-            None => self.make_layer(snapshot, target)?,
+            Some(src) => self.recompress(src, target, hold)?,
+            None => self.make_layer(snapshot, target, hold)?,
         };
         meta.put_layer_blob(&made)?;
         Ok(made)
@@ -491,6 +524,7 @@ impl ImageService {
         &self,
         snapshot: &str,
         c: LayerCompression,
+        hold: &BlobHold,
     ) -> Result<LayerBlobRecord, ImageError> {
         let snaps = &self.inner.snapshots;
         let row = self
@@ -518,6 +552,7 @@ impl ImageService {
             let (digest, size) = sink.finish().map_err(io_archive("compress the layer"))?;
             (diff_id, digest, size)
         };
+        hold.blob(&digest)?;
         self.commit_file(&tmp.0, &digest, size, c)?;
         tracing::debug!(snapshot, %digest, %diff_id, size, compression = c.name(), "layer made");
         Ok(LayerBlobRecord {
@@ -535,6 +570,7 @@ impl ImageService {
         &self,
         src: &LayerBlobRecord,
         c: LayerCompression,
+        hold: &BlobHold,
     ) -> Result<LayerBlobRecord, ImageError> {
         let tmp = TempFile(self.temp_path());
         let (diff_id, digest, size) = {
@@ -555,6 +591,7 @@ impl ImageService {
                 src.digest, src.diff_id
             )));
         }
+        hold.blob(&digest)?;
         self.commit_file(&tmp.0, &digest, size, c)?;
         Ok(LayerBlobRecord {
             snapshot: src.snapshot.clone(),
@@ -886,7 +923,10 @@ mod tests {
     fn config_json_is_complete_and_deterministic() {
         let d = Digest::of(b"layer");
         let a = config_json(&spec(), std::slice::from_ref(&d), &["x".into()]);
-        assert_eq!(a, config_json(&spec(), std::slice::from_ref(&d), &["x".into()]));
+        assert_eq!(
+            a,
+            config_json(&spec(), std::slice::from_ref(&d), &["x".into()])
+        );
         let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
         assert_eq!(v["architecture"], "arm");
         assert_eq!(v["variant"], "v7");
