@@ -877,6 +877,101 @@ mod tests {
         assert!(split_words("end\\").is_err());
     }
 
+    /// A stand-in for `docker exec -i NAME dagger-engine dial-stdio`: counts its starts in
+    /// `count`, then joins stdin/stdout to the unix socket `sock` (python3, as in the tests).
+    fn counting_dialer(count: &Path, sock: &Path) -> DialCommand {
+        let splice = r#"
+import os, socket, sys, threading
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+def up():
+    while True:
+        b = os.read(0, 65536)
+        if not b: break
+        s.sendall(b)
+    s.shutdown(socket.SHUT_WR)
+threading.Thread(target=up, daemon=True).start()
+while True:
+    b = s.recv(65536)
+    if not b: break
+    os.write(1, b)
+"#;
+        DialCommand {
+            program: "sh".into(),
+            args: vec![
+                "-c".into(),
+                r#"echo started >> "$0"; exec python3 -c "$1" "$2""#.into(),
+                count.display().to_string(),
+                splice.into(),
+                sock.display().to_string(),
+            ],
+        }
+    }
+
+    /// An engine stand-in on a unix socket: answers every request with a version.
+    fn fake_engine(sock: &Path) {
+        let listener = UnixListener::bind(sock).unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                            Bytes::from_static(br#"{"data":{"version":"v0.0.0-fake"}}"#),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn requests_reuse_the_dialed_connections() {
+        let dir = private_dir().unwrap();
+        let engine = dir.join("engine.sock");
+        let count = dir.join("count");
+        fake_engine(&engine);
+        let host = RunnerHost::parse("docker-container://fake").unwrap();
+        let client = tunnel_client(&host, counting_dialer(&count, &engine)).unwrap();
+        let Endpoint::Unix(local) = client.endpoint.clone() else {
+            panic!("not a unix endpoint")
+        };
+        // One fresh local connection per request (as client.rs does), one child in all.
+        for _ in 0..20 {
+            assert_eq!(
+                client.probe(Duration::from_secs(30)).await.as_deref(),
+                Some("v0.0.0-fake")
+            );
+        }
+        let started = || {
+            std::fs::read_to_string(&count)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        assert_eq!(started(), 1, "sequential requests each started a child");
+        // Concurrent requests need a connection each, and no more.
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let c = client.clone();
+            set.spawn(async move { c.probe(Duration::from_secs(30)).await });
+        }
+        let answers = set.join_all().await;
+        assert!(answers.iter().all(|a| a.as_deref() == Some("v0.0.0-fake")));
+        assert!(
+            started() <= 4,
+            "{} children for 4 concurrent requests",
+            started()
+        );
+        // The driver's socket goes away with the last client.
+        assert!(local.exists());
+        drop(client);
+        assert!(!local.exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[tokio::test]
     async fn a_failing_command_is_reported_with_its_stderr() {
         let pool = Pool {
