@@ -237,3 +237,39 @@ fn on_a_terminal_progress_is_a_live_display() {
     );
     assert!(dir.path().join("out/a").exists());
 }
+
+#[test]
+fn each_session_sees_only_its_own_work() {
+    let fx = SdkFixture::start();
+    let mut a = SessionProcess::start(&fx.engine, &["--progress=plain"]);
+    let mut b = SessionProcess::start(&fx.engine, &["--progress", "plain"]);
+    let mut quiet = SessionProcess::start(&fx.engine, &[]);
+    let q = |s: &SessionProcess, marker: &str| {
+        let r = s.query(
+            Some(&s.auth()),
+            &format!(
+                r#"{{ container {{ from(address: "{}") {{ withExec(args: ["echo", "{marker}"]) {{ stdout }} }} }} }}"#,
+                fx.image
+            ),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.json().get("errors").is_none(), "{}", r.body);
+    };
+    q(&a, "only-in-a");
+    q(&b, "only-in-b");
+    q(&quiet, "only-in-quiet");
+    let (sa, ea) = a.close_and_wait();
+    let (sb, eb) = b.close_and_wait();
+    let (sq, eq) = quiet.close_and_wait();
+    assert!(sa.success() && sb.success() && sq.success());
+    assert!(
+        ea.contains("withExec echo only-in-a DONE") && !ea.contains("only-in-b"),
+        "{ea}"
+    );
+    assert!(
+        eb.contains("withExec echo only-in-b DONE") && !eb.contains("only-in-a"),
+        "{eb}"
+    );
+    assert!(!ea.contains("only-in-quiet") && !eb.contains("only-in-quiet"));
+    assert_eq!(eq, "", "dagger session is quiet by default");
+}
