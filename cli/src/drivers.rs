@@ -561,9 +561,11 @@ impl Tunnel {
     }
 }
 
-/// A fresh directory only this user can enter, under `$TMPDIR`.
+/// A fresh directory only this user can enter, under `$TMPDIR`. Directories that earlier
+/// CLIs left behind (killed before they could remove them) are removed first.
 fn private_dir() -> std::io::Result<PathBuf> {
     let base = std::env::temp_dir();
+    remove_stale_dirs(&base);
     let mut last = None;
     for attempt in 0..16u32 {
         let nanos = std::time::SystemTime::now()
@@ -580,6 +582,28 @@ fn private_dir() -> std::io::Result<PathBuf> {
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("no directory")))
+}
+
+/// Removes `dagger-runner-<pid>-*` directories in `base` whose process is gone. Others'
+/// directories are 0700: removing them fails, harmlessly.
+fn remove_stale_dirs(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("dagger-runner-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 type Body = Either<Incoming, Full<Bytes>>;
@@ -864,6 +888,34 @@ mod tests {
             ]
         );
         assert_eq!(custom.last().unwrap(), "img:v1");
+    }
+
+    #[test]
+    fn stale_driver_dirs_are_removed() {
+        let base = tempfile_dir();
+        // pid_max is at most 2^22: this pid cannot exist.
+        let stale = base.join("dagger-runner-99999999-00000000");
+        let live = base.join(format!("dagger-runner-{}-00000000", std::process::id()));
+        let other = base.join("dagger-runner-x");
+        for d in [&stale, &live, &other] {
+            std::fs::create_dir(d).unwrap();
+        }
+        remove_stale_dirs(&base);
+        assert!(!stale.exists());
+        assert!(live.exists() && other.exists());
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    /// A scratch directory for a test (the CLI has no tempfile dependency).
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "drivers-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir(&d).unwrap();
+        d
     }
 
     #[test]
