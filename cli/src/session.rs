@@ -408,11 +408,11 @@ fn upstream_request(
     Ok(Request::from_parts(parts, body))
 }
 
-/// The answer to a `/query` body that uses `host`, served here (see [`crate::host`]); `None`
-/// for everything else, which goes to the engine.
+/// The answer to a `/query` body that uses `host` or `secret(uri)`, served here (see
+/// [`crate::host`]); `None` for everything else, which goes to the engine.
 async fn host_answer(body: &[u8], client: &Client) -> Option<serde_json::Value> {
     // Cheap check first: almost every query is forwarded untouched.
-    if !body.windows(4).any(|w| w == b"host") {
+    if !crate::host::mentions_client_fields(body) {
         return None;
     }
     let request: serde_json::Value = serde_json::from_slice(body).ok()?;
