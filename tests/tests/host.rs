@@ -154,13 +154,28 @@ fn host_file_and_unserved_host_fields() {
             .contains("/definitely/not/here"),
         "{v}"
     );
-    // Anything else under host gets a clear error.
-    let v = host_id(&s, r#"{ host { unixSocket(path: "/tmp/x") { id } } }"#);
+    // A unix socket that is not one: a clear error naming the path.
+    let v = host_id(
+        &s,
+        &format!(
+            r#"{{ host {{ unixSocket(path: {:?}) {{ id }} }} }}"#,
+            tmp.path().join("notes.md").display().to_string()
+        ),
+    );
     assert!(
         v["errors"][0]["message"]
             .as_str()
             .unwrap()
-            .contains("Host.unixSocket"),
+            .contains("is not a unix socket"),
+        "{v}"
+    );
+    // Anything else under host gets a clear error.
+    let v = host_id(&s, r#"{ host { findUp(name: "x") } }"#);
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Host.findUp"),
         "{v}"
     );
     // Other queries still go to the engine.
