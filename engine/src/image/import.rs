@@ -525,9 +525,15 @@ impl ImageService {
                 .take(8)
                 .read_to_end(&mut head)
                 .map_err(read_err)?;
+            let compression = LayerCompression::detect(&head);
+            meta.put_blob(
+                &blob,
+                size,
+                compression.media_type(super::ImageMediaTypes::Oci),
+            )?;
             meta.put_layer_blob(&LayerBlobRecord {
                 snapshot,
-                compression: LayerCompression::detect(&head).name().to_string(),
+                compression: compression.name().to_string(),
                 digest: blob,
                 size,
                 diff_id,
@@ -650,11 +656,6 @@ impl ImageService {
         let digest = std::mem::take(&mut w.hasher).finish();
         drop(w);
         commit_path(&self.inner.content, &tmp.0, &digest, size)?;
-        self.inner.meta.put_blob(
-            &digest,
-            size,
-            "application/vnd.docker.image.rootfs.diff.tar",
-        )?;
         Ok(digest)
     }
 }
