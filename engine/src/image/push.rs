@@ -69,11 +69,14 @@ impl ImageService {
             ))
         })?;
         manifests.push(root);
-        let report = self
+        let op = crate::progress::start(&format!("push {reference}"), None);
+        let pushed = self
             .inner
             .registry
             .push_image(reference, blobs, manifests)
-            .await?;
+            .await;
+        op.finish(&pushed);
+        let report = pushed?;
         if report.digest != image.root.digest {
             return Err(ImageError::Internal(format!(
                 "pushed {} but the image is {}",
