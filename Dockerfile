@@ -43,10 +43,19 @@ ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/dagger-engine"]
 
 # ---------------------------------------------------------------------------------------------
 # prebuilt: binaries built outside (prebuilt/dagger-engine, prebuilt/dagger, prebuilt/runc).
+# The legacy builder also runs this stage for the default target, where prebuilt/ is absent:
+# the wildcard copies nothing then (engine.toml only keeps COPY from failing) and the stage
+# does nothing.
 FROM runtime AS prebuilt
-COPY prebuilt/dagger-engine prebuilt/dagger prebuilt/runc /usr/local/bin/
-RUN ln -s /usr/local/bin/dagger-engine /usr/local/bin/buildctl \
- && dagger-engine --version && runc --version
+COPY engine.toml prebuilt* /tmp/prebuilt/
+RUN if [ -e /tmp/prebuilt/dagger-engine ]; then \
+      install -m 0755 /tmp/prebuilt/dagger-engine /tmp/prebuilt/dagger /tmp/prebuilt/runc /usr/local/bin/ \
+      && ln -s /usr/local/bin/dagger-engine /usr/local/bin/buildctl \
+      && dagger-engine --version && runc --version; \
+    else \
+      echo "no prebuilt/dagger-engine in the build context: the prebuilt target needs it" >&2; \
+    fi \
+ && rm -rf /tmp/prebuilt
 
 # ---------------------------------------------------------------------------------------------
 # runc, built statically from a pinned release; the tag must point at the expected commit.
