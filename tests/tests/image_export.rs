@@ -369,6 +369,32 @@ fn zstd_uncompressed_and_docker_media_types() {
     {
         assert_eq!(l["digest"], *d);
     }
+    // Layers are made once per snapshot and compression: images of the same snapshots with
+    // another config make none (the engine logs each layer it makes).
+    let made = |f: &Fixture| f.engine.log().matches("layer made").count();
+    let before = made(&f);
+    assert!(
+        before >= 3,
+        "the execs' and the new file's layers were made"
+    );
+    let v = f.engine.query_ok(&format!(
+        r#"{{ loadContainerFromID(id: {}) {{ withLabel(name: "again", value: "1") {{ id }} }} }}"#,
+        lit(&ctr)
+    ));
+    let relabeled = v["loadContainerFromID"]["withLabel"]["id"]
+        .as_str()
+        .unwrap();
+    for args in [
+        "",
+        "forcedCompression: Zstd",
+        "forcedCompression: Uncompressed",
+        "forcedCompression: Gzip, mediaTypes: DockerMediaTypes",
+    ] {
+        let t = f.tarball_id(relabeled, args);
+        f.file_digest(&t);
+    }
+    assert_eq!(made(&f), before, "no layer was made twice");
+
     // Every flavour imports back (the importer verifies digests and diff ids).
     for t in [&zstd, &plain, &docker] {
         let v = f.imported(
@@ -732,4 +758,36 @@ fn layer_blobs_belong_to_their_snapshots_for_gc() {
             "layer {l} was removed with its snapshot"
         );
     }
+}
+
+#[test]
+fn import_a_docker_save_tarball_made_by_busybox_tar() {
+    require_root();
+    let f = fixture("overlayfs");
+    // A docker save tarball made with busybox's tar and gzip: a binary layer (busybox itself)
+    // and a gzip-compressed one, legacy `<id>/layer.tar` paths.
+    let script = r#"set -e
+mkdir -p /src1/bin /src2 /out/aaa /out/bbb
+cp /bin/busybox /src1/bin/busybox
+echo two > /src2/two
+cd /src1 && tar -cf /out/aaa/layer.tar bin
+cd /src2 && tar -cf /tmp/l2.tar two && gzip -c /tmp/l2.tar > /out/bbb/layer.tar.gz
+d1=$(sha256sum /out/aaa/layer.tar | cut -d' ' -f1)
+d2=$(sha256sum /tmp/l2.tar | cut -d' ' -f1)
+printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin","MADE=busybox"],"Cmd":["/bin/busybox","cat","/two"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s","sha256:%s"]}}' $d1 $d2 > /out/cfg.json
+printf '[{"Config":"cfg.json","RepoTags":["local/busy:1"],"Layers":["aaa/layer.tar","bbb/layer.tar.gz"]}]' > /out/manifest.json
+cd /out && tar -cf /save.tar manifest.json cfg.json aaa bbb"#;
+    let v = f.engine.query_ok(&format!(
+        r#"{{ container {{ from(address: {}) {{ withExec(args: ["sh", "-c", {}]) {{ file(path: "/save.tar") {{ id }} }} }} }} }}"#,
+        lit(&f.image),
+        lit(script)
+    ));
+    let file = dig(&v, &["container", "from", "withExec", "file", "id"]);
+    let v = f.imported(
+        file.as_str().unwrap(),
+        "local/busy:1",
+        r#"envVariable(name: "MADE") withExec(args: ["/bin/busybox", "cat", "/two"]) { stdout }"#,
+    );
+    assert_eq!(v["envVariable"], "busybox");
+    assert_eq!(v["withExec"]["stdout"], "two\n");
 }
