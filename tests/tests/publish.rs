@@ -10,10 +10,10 @@ use dagger_engine::registry::{
     RegistryOptions,
 };
 use dagger_integration_tests::images::{self, Format};
-use dagger_integration_tests::{Engine, EngineOptions};
 use dagger_integration_tests::registry::{
     require_binary, run, FakeRegistry, FakeRequest, FakeResponse, Mode, TestRegistry, PASS, USER,
 };
+use dagger_integration_tests::{Engine, EngineOptions};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -1067,5 +1067,32 @@ fn publish_auth_failure_names_the_repository_not_the_password() {
         );
         assert!(!v.to_string().contains(secret), "password leaked: {v}");
         assert!(!engine.log().contains(secret), "password in the log");
+    }
+}
+
+#[test]
+fn the_real_python_sdk_publishes() {
+    use dagger_integration_tests::sdk::{run_program, Lang, Launch, SdkFixture};
+    let fx = SdkFixture::start();
+    let run = run_program(&fx, Lang::Python, Launch::DaggerRun, "publish.py");
+    assert!(
+        run.status.success() && run.stdout.contains("ALL OK"),
+        "{}\nengine log:\n{}",
+        run.describe(),
+        fx.engine.log()
+    );
+    for check in [
+        "publish returns address@digest",
+        "published file reads back",
+        "published env reads back",
+        "multi-platform publish",
+        "arm64 variant reads back",
+        "publishing nothing fails clearly",
+    ] {
+        assert!(
+            run.stdout.contains(&format!("ok: {check}")),
+            "missing {check:?}\n{}",
+            run.describe()
+        );
     }
 }
