@@ -394,6 +394,9 @@ fn zstd_uncompressed_and_docker_media_types() {
         f.file_digest(&t);
     }
     assert_eq!(made(&f), before, "no layer was made twice");
+    // The enum aliases mean the same.
+    let aliased = f.tarball_id(&ctr, "forcedCompression: ZSTD, mediaTypes: OCI");
+    assert_eq!(f.file_digest(&aliased), f.file_digest(&zstd));
 
     // Every flavour imports back (the importer verifies digests and diff ids).
     for t in [&zstd, &plain, &docker] {
