@@ -902,6 +902,62 @@ struct CountingProxy {
     _rt: tokio::runtime::Runtime,
 }
 
+/// The methods whose request lines the proxy records.
+const COUNTED: [&[u8]; 4] = [b"POST /v2/", b"PUT /v2/", b"PATCH /v2/", b"HEAD /v2/"];
+
+/// Records every complete request line in `data` (method names followed by " /v2/" are
+/// specific enough: layer bodies are compressed) and returns where the next scan must start:
+/// at an incomplete line, else far enough back to catch a method name cut by the read.
+fn scan_request_lines(data: &[u8], seen: &Mutex<Vec<String>>) -> usize {
+    let longest = COUNTED.iter().map(|m| m.len()).max().unwrap_or(0);
+    let mut pos = 0;
+    loop {
+        let next = COUNTED
+            .iter()
+            .filter_map(|m| {
+                data[pos..]
+                    .windows(m.len())
+                    .position(|w| w == *m)
+                    .map(|i| pos + i)
+            })
+            .min();
+        let Some(start) = next else {
+            return pos.max(data.len().saturating_sub(longest - 1));
+        };
+        let Some(len) = data[start..].windows(2).position(|w| w == b"\r\n") else {
+            return start;
+        };
+        seen.lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&data[start..start + len]).into_owned());
+        pos = start + len;
+    }
+}
+
+#[test]
+fn request_lines_split_across_reads_are_counted_once() {
+    let seen = Mutex::new(Vec::new());
+    let stream = b"xxPUT /v2/a/blobs/uploads/1?digest=d HTTP/1.1\r\nHost: h\r\n\r\nbodyPATCH /v2/b HTTP/1.1\r\n";
+    for cut in 0..stream.len() {
+        seen.lock().unwrap().clear();
+        let mut pending = stream[..cut].to_vec();
+        let keep = scan_request_lines(&pending, &seen);
+        pending.drain(..keep);
+        pending.extend_from_slice(&stream[cut..]);
+        let keep = scan_request_lines(&pending, &seen);
+        pending.drain(..keep);
+        let lines = seen.lock().unwrap().clone();
+        assert_eq!(
+            lines,
+            [
+                "PUT /v2/a/blobs/uploads/1?digest=d HTTP/1.1",
+                "PATCH /v2/b HTTP/1.1"
+            ],
+            "cut at {cut}"
+        );
+    }
+}
+
 impl CountingProxy {
     fn start(upstream: &str) -> CountingProxy {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -930,29 +986,17 @@ impl CountingProxy {
                         let _ = cw.shutdown().await;
                     });
                     let mut buf = vec![0u8; 64 * 1024];
-                    let mut tail: Vec<u8> = Vec::new();
+                    // Bytes not yet scanned past; a request line split across reads is
+                    // completed by the next read before it is recorded.
+                    let mut pending: Vec<u8> = Vec::new();
                     loop {
                         let n = match cr.read(&mut buf).await {
                             Ok(0) | Err(_) => break,
                             Ok(n) => n,
                         };
-                        tail.extend_from_slice(&buf[..n]);
-                        // Request lines start right after the previous request's CRLFCRLF or
-                        // body; method names followed by " /v2/" are specific enough.
-                        let text = String::from_utf8_lossy(&tail).into_owned();
-                        for m in ["POST /v2/", "PUT /v2/", "PATCH /v2/", "HEAD /v2/"] {
-                            for (i, _) in text.match_indices(m) {
-                                let line: String =
-                                    text[i..].chars().take_while(|c| *c != '\r').collect();
-                                seen.lock().unwrap().push(line);
-                            }
-                        }
-                        let keep = tail.len().min(16);
-                        tail = tail[tail.len() - keep..].to_vec();
-                        // Never count the same bytes twice: drop what matched.
-                        if text.contains("/v2/") {
-                            tail.clear();
-                        }
+                        pending.extend_from_slice(&buf[..n]);
+                        let keep_from = scan_request_lines(&pending, &seen);
+                        pending.drain(..keep_from);
                         if sw.write_all(&buf[..n]).await.is_err() {
                             break;
                         }
