@@ -12,6 +12,7 @@
 set -euo pipefail
 
 image=${DAGGER_EXAMPLE_IMAGE:-}
+registry=
 for arg in "$@"; do
   case $arg in
     --docker-hub) image=docker.io/library/busybox:1.36 ;;
@@ -94,4 +95,6 @@ fi
 
 echo "setup: dagger run python ci.py (base image $image)"
 cd examples
-CI_IMAGE=$image dagger run ../$venv/bin/python ci.py
+CI_IMAGE=$image CI_PUBLISH=${registry:-} dagger run ../$venv/bin/python ci.py
+echo "setup: the exported artifact:"
+cat build/SHA256SUMS
