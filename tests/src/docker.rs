@@ -264,3 +264,125 @@ fn mirror() -> String {
     }
     "http://deb.debian.org/debian".to_string()
 }
+
+/// Podman's stand-ins for `--privileged` here, as for Docker (plus runc: crun refuses this
+/// machine's hybrid cgroups).
+pub const PODMAN_RUN_FLAGS: &[&str] = &[
+    "--runtime",
+    "runc",
+    "--cap-add",
+    "ALL",
+    "--cap-drop",
+    "SYS_RESOURCE",
+    "--security-opt",
+    "seccomp=unconfined",
+    "--security-opt",
+    "apparmor=unconfined",
+    "--security-opt",
+    "unmask=ALL",
+    "--device-cgroup-rule",
+    "a *:* rwm",
+    "-v",
+    "/sys/fs/cgroup:/sys/fs/cgroup",
+];
+
+/// Podman with storage of its own (graph root, run root and settings in a temp dir, through
+/// `CONTAINERS_STORAGE_CONF` and `CONTAINERS_CONF`, which every `podman` the test or the CLI
+/// runs inherits from [`Podman::env`]); everything is removed on drop.
+pub struct Podman {
+    pub dir: tempfile::TempDir,
+}
+
+impl Podman {
+    pub fn new() -> Podman {
+        crate::require_root();
+        require_binary("podman", "podman");
+        let dir = tempfile::Builder::new()
+            .prefix("podman-")
+            .tempdir()
+            .unwrap();
+        let p = dir.path();
+        std::fs::write(
+            p.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                p.join("storage").display(),
+                p.join("run").display()
+            ),
+        )
+        .unwrap();
+        // This machine's hard limits are below podman's defaults (nofile 1048576).
+        std::fs::write(
+            p.join("containers.conf"),
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=4096:4096\"]\n[engine]\ntmp_dir = \"{}\"\n",
+                p.join("tmp").display()
+            ),
+        )
+        .unwrap();
+        Podman { dir }
+    }
+
+    /// The environment that points podman at this storage.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let p = self.dir.path();
+        vec![
+            (
+                "CONTAINERS_STORAGE_CONF".to_string(),
+                p.join("storage.conf").display().to_string(),
+            ),
+            (
+                "CONTAINERS_CONF".to_string(),
+                p.join("containers.conf").display().to_string(),
+            ),
+        ]
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new("podman");
+        cmd.envs(self.env()).stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `podman ARGS` and returns its trimmed stdout; panics when it fails.
+    pub fn podman(&self, args: &[&str]) -> String {
+        let out = run(self.command().args(args));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Copies `image` from `docker` (`docker save | podman load`).
+    pub fn load_from(&self, docker: &Dockerd, image: &str) {
+        let mut save = docker
+            .command()
+            .args(["save", image])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("docker save");
+        let out = self
+            .command()
+            .args(["load", "-q"])
+            .stdin(save.stdout.take().unwrap())
+            .output()
+            .expect("podman load");
+        assert!(save.wait().unwrap().success(), "docker save {image} failed");
+        assert!(
+            out.status.success(),
+            "podman load failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.command().args(["stop", "-a", "-t", "20"]).output();
+        let _ = self.command().args(["rm", "-a", "-f"]).output();
+        let _ = self.command().args(["rmi", "-a", "-f"]).output();
+        let _ = self.command().args(["volume", "prune", "-f"]).output();
+        if let Ok(mounts) = dagger_engine::sys::mount::mounts_under(self.dir.path()) {
+            for m in mounts {
+                let _ = dagger_engine::sys::mount::unmount_detach(&m);
+            }
+        }
+    }
+}

@@ -527,6 +527,66 @@ exec docker exec -i rt-engine-a "$@"
         .lines()
         .count();
     assert_eq!(count, 1);
+
+    // podman-container://: the same image under podman (storage of its own), a pipeline that
+    // pulls over TLS through the driver.
+    let podman = docker::Podman::new();
+    podman.load_from(&d, IMAGE);
+    let id = std::process::id() % 1000;
+    let ca_mount = format!(
+        "{}:/usr/local/share/ca-certificates/test-registry.crt:ro",
+        ca.display()
+    );
+    let config_mount = format!("{}:/etc/dagger/engine.toml:ro", allowed.display());
+    let (net_name, net_cidr) = (format!("rti{id}n4"), format!("10.204.{}.0/24", id % 250));
+    let mut args = vec!["run", "-d", "--name", "rt-engine-p", "--network", "host"];
+    args.extend(docker::PODMAN_RUN_FLAGS);
+    args.extend([
+        "-v",
+        &ca_mount,
+        "-v",
+        &config_mount,
+        "-v",
+        "rt-engine-p:/var/lib/dagger",
+    ]);
+    args.extend([
+        "localhost/dagger-engine:test",
+        "--network-name",
+        &net_name,
+        "--network-cidr",
+        &net_cidr,
+    ]);
+    podman.podman(&args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !podman
+        .command()
+        .args(["exec", "rt-engine-p", "dagger", "version"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "podman engine not ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let podman_env = podman.env();
+    let mut runner_p: Vec<(&str, &str)> = podman_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    runner_p.push((
+        "_EXPERIMENTAL_DAGGER_RUNNER_HOST",
+        "podman-container://rt-engine-p",
+    ));
+    let plain = format!(
+        r#"{{ container {{ from(address: "{image_ref}") {{ withExec(args: ["sh", "-c", "echo via podman"]) {{ stdout }} }} }} }}"#
+    );
+    let v = json_ok(
+        &dagger(&["query"], &plain, &runner_p),
+        "query via podman-container://",
+    );
+    assert_eq!(v["container"]["from"]["withExec"]["stdout"], "via podman\n");
+    drop(podman);
     drop(registry);
 }
 
