@@ -294,7 +294,7 @@ pub struct Podman {
 }
 
 impl Podman {
-    pub fn new() -> Podman {
+    pub fn setup() -> Podman {
         crate::require_root();
         require_binary("podman", "podman");
         let dir = tempfile::Builder::new()

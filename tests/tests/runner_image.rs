@@ -530,7 +530,7 @@ exec docker exec -i rt-engine-a "$@"
 
     // podman-container://: the same image under podman (storage of its own), a pipeline that
     // pulls over TLS through the driver.
-    let podman = docker::Podman::new();
+    let podman = docker::Podman::setup();
     podman.load_from(&d, IMAGE);
     let id = std::process::id() % 1000;
     let ca_mount = format!(
