@@ -390,10 +390,15 @@ async fn provision(docker: &Path, reference: &str) -> anyhow::Result<String> {
     let leave_old = std::env::var_os(LEAVE_OLD_ENGINE_ENV).is_some_and(|v| !v.is_empty());
     let others: Vec<&str> = existing.iter().copied().filter(|n| *n != name).collect();
     // Before starting ours: the old engines hold the lock of the shared volume.
+    // Stopped first (SIGTERM: an engine removes its network and releases its lock), then
+    // removed; the volume stays.
     if !leave_old && !others.is_empty() {
-        let mut args = vec!["rm", "-f"];
-        args.extend(others.iter().copied());
-        if let Err(e) = output(docker, &args).await {
+        let mut stop = vec!["stop", "-t", "20"];
+        stop.extend(others.iter().copied());
+        let _ = output(docker, &stop).await;
+        let mut rm = vec!["rm", "-f"];
+        rm.extend(others.iter().copied());
+        if let Err(e) = output(docker, &rm).await {
             eprintln!("dagger: removing older engine containers: {e:#}");
         }
     }
