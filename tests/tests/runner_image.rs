@@ -16,7 +16,7 @@
 use dagger_integration_tests::docker::{self, Dockerd};
 use dagger_integration_tests::images::{self, Format};
 use dagger_integration_tests::registry::{require_binary, run, Mode, TestRegistry};
-use dagger_integration_tests::{bin, require_root, wait_timeout};
+use dagger_integration_tests::{bin, require_root, wait_timeout, Engine, EngineOptions};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -653,6 +653,101 @@ fn base64_encode(data: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Sends one `{ version }` request through `cmd` (a dial-stdio) with stdin left open, and
+/// returns what came back once the command exited.
+fn through_dial_stdio(cmd: &mut Command) -> (std::process::ExitStatus, String, String) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let body = r#"{"query":"{ version }"}"#;
+    let req = format!(
+        "POST /query HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = std::io::Write::write_all(&mut stdin, req.as_bytes());
+    let status = wait_timeout(&mut child, Duration::from_secs(60))
+        .expect("dial-stdio did not exit after the engine closed the connection");
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    (status, text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn dial_stdio_by_both_names() {
+    let engine = Engine::start(EngineOptions::default());
+    let addr = format!("unix://{}", engine.socket.display());
+    let links = tempfile::tempdir().unwrap();
+    let buildctl = links.path().join("buildctl");
+    std::os::unix::fs::symlink(bin("dagger-engine"), &buildctl).unwrap();
+    let forms: Vec<Vec<String>> = vec![
+        vec![
+            bin("dagger-engine").display().to_string(),
+            "dial-stdio".into(),
+            "--addr".into(),
+            addr.clone(),
+        ],
+        vec![
+            bin("dagger-engine").display().to_string(),
+            "--addr".into(),
+            addr.clone(),
+            "dial-stdio".into(),
+        ],
+        vec![
+            buildctl.display().to_string(),
+            "--addr".into(),
+            addr.clone(),
+            "dial-stdio".into(),
+        ],
+        vec![
+            buildctl.display().to_string(),
+            format!("--addr={addr}"),
+            "dial-stdio".into(),
+        ],
+    ];
+    for argv in &forms {
+        let (status, answer, stderr) = through_dial_stdio(Command::new(&argv[0]).args(&argv[1..]));
+        assert!(status.success(), "{argv:?}: {status}: {stderr}");
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.contains(r#""version":"v"#),
+            "{argv:?}: {answer}"
+        );
+    }
+    // Only dial-stdio is served under the buildctl name; tcp addresses are refused; a socket
+    // nobody serves is an error naming it.
+    let out = Command::new(&buildctl).arg("build").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("dial-stdio"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = Command::new(bin("dagger-engine"))
+        .args(["dial-stdio", "--addr", "tcp://127.0.0.1:1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("unix"), "{}", text(&out.stderr));
+    let gone = links.path().join("none.sock");
+    let out = Command::new(bin("dagger-engine"))
+        .args(["dial-stdio", "--addr"])
+        .arg(format!("unix://{}", gone.display()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot connect to the engine")
+            && text(&out.stderr).contains(&gone.display().to_string()),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
