@@ -174,8 +174,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     let state = StateDir::open(&config.root, config.worker.snapshotter)?;
     report_snapshotter(&state);
 
+    // GraphQL resolves nested selections recursively, one future inside the next: a deep
+    // query (SDKs chain dozens of calls) needs more than the 2 MiB default, above all in debug
+    // builds. Only the pages used are ever touched.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(16 << 20)
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {

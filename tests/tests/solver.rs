@@ -380,3 +380,29 @@ fn mounted_directories_files_and_temp() {
         serde_json::json!(["/mnt/etc", "/mnt/passwd"])
     );
 }
+
+/// SDKs send a pipeline as one nested selection per call; a long chain must not exhaust the
+/// engine's stack (each level is a resolver future inside the previous one).
+#[test]
+fn deeply_nested_queries_resolve() {
+    let engine = Engine::start(EngineOptions::default());
+    // Close to the parser's fixed ceiling of 64 nested fields (async-graphql's schema default
+    // of 32 levels would refuse this).
+    let depth = 58;
+    let mut query = String::from("{ container ");
+    for i in 0..depth {
+        query.push_str(&format!("{{ withEnvVariable(name: \"V{i}\", value: \"{i}\") "));
+    }
+    query.push_str(&format!(
+        "{{ withNewFile(path: \"/x\", contents: \"deep\") {{ file(path: \"/x\") {{ contents }} envVariable(name: \"V{}\") }}",
+        depth - 1
+    ));
+    query.push_str(&"}".repeat(depth + 2));
+    let v = engine.query_ok(&query);
+    let mut cur = &v["container"];
+    for _ in 0..depth {
+        cur = &cur["withEnvVariable"];
+    }
+    assert_eq!(cur["withNewFile"]["file"]["contents"], "deep");
+    assert_eq!(cur["withNewFile"]["envVariable"], format!("{}", depth - 1));
+}

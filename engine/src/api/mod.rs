@@ -71,12 +71,21 @@ pub(crate) fn solve_error(e: &SolveError) -> async_graphql::Error {
 /// The served API.
 pub type Api = Lenient<QueryRoot, EmptyMutation, EmptySubscription>;
 
+/// How deeply a query's selections may nest, as far as the schema is concerned. The parser
+/// (async-graphql-parser) has a fixed limit of its own, 64 nested fields, which is the real
+/// ceiling: a chain of about 60 calls in one query (docs/compat.md).
+pub const MAX_QUERY_DEPTH: usize = 256;
+
 impl Api {
     pub fn new(state: ApiState) -> Self {
         let state = std::sync::Arc::new(state);
         let usage = state.gc.usage().clone();
         Lenient::build(|| {
             Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
+                // SDKs send a pipeline as one selection nested once per call: async-graphql's
+                // default (32 levels) would refuse ordinary pipelines. The engine's worker
+                // stacks are sized for this (see main.rs).
+                .limit_recursive_depth(MAX_QUERY_DEPTH)
                 .data(state.clone())
                 .extension(TrackOperations(usage.clone()))
         })
