@@ -1112,10 +1112,7 @@ mod tests {
     #[test]
     fn other_host_uses_are_refused_clearly() {
         for (q, what) in [
-            (
-                r#"{ host { unixSocket(path: "/x") { id } } }"#,
-                "Host.unixSocket",
-            ),
+            (r#"{ host { findUp(name: "x") } }"#, "Host.findUp"),
             (
                 r#"{ host { directory(path: $p) { id } } }"#,
                 "argument path",
