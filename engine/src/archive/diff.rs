@@ -678,8 +678,16 @@ mod tests {
         write(&parent.join("gone-dir/x/f"), "f");
         let tree = tmp.path().join("tree");
         cp(&parent, &tree);
-        // Same size, new content and time: must be seen as changed.
+        // Same size, new content and time: must be seen as changed. The time is set apart
+        // explicitly: file times come from a coarse clock, and a fast run could otherwise write
+        // both versions within one tick.
         write(&tree.join("etc/change"), "new!");
+        fs::File::options()
+            .write(true)
+            .open(tree.join("etc/change"))
+            .unwrap()
+            .set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000))
+            .unwrap();
         fs::remove_file(tree.join("etc/sub/remove")).unwrap();
         fs::remove_dir_all(tree.join("gone-dir")).unwrap();
         fs::create_dir_all(tree.join("new/deep")).unwrap();
