@@ -436,6 +436,43 @@ impl Container {
         })
     }
 
+    /// Retrieves this container with a registry authentication for a given address.
+    async fn with_registry_auth(
+        &self,
+        #[graphql(
+            desc = "Registry's address to bind the authentication to. Formatted as [host]/[user]/[repo]:[tag] (e.g. docker.io/dagger/dagger:main)."
+        )]
+        address: String,
+        #[graphql(desc = "The username of the registry's account (e.g., \"Dagger\").")]
+        username: String,
+        #[graphql(desc = "The API key, password or token to authenticate to this registry.")]
+        secret: super::scalars::SecretId,
+    ) -> Result<Container> {
+        let host = registry_auth_host(&address)?;
+        let secret = super::node::load_secret(&secret.0)?.0;
+        Ok(Container::new(ContainerNode::RegistryAuth {
+            parent: self.parent(),
+            address: host,
+            username,
+            secret,
+        }))
+    }
+
+    /// Retrieves this container without the registry authentication of a given address.
+    async fn without_registry_auth(
+        &self,
+        #[graphql(
+            desc = "Registry's address to remove the authentication from. Formatted as [host]/[user]/[repo]:[tag] (e.g. docker.io/dagger/dagger:main)."
+        )]
+        address: String,
+    ) -> Result<Container> {
+        let host = registry_auth_host(&address)?;
+        Ok(Container::new(ContainerNode::NoRegistryAuth {
+            parent: self.parent(),
+            address: host,
+        }))
+    }
+
     /// Retrieves the list of paths where a directory is mounted.
     async fn mounts(&self, ctx: &Context<'_>) -> Result<Vec<String>> {
         Ok(self
@@ -972,11 +1009,22 @@ async fn publish_image(
         .build_image(&specs, compression.map(Into::into), media.into())
         .await
         .map_err(|e| super::classified(&e))?;
+    // The container's `withRegistryAuth` credentials, for this push only.
+    let auth = state
+        .solver
+        .registry_auth(&container.0)
+        .map_err(|e| solve_error(&e))?;
     let digest = images
-        .push(&reference, &built)
+        .push_with_auth(&reference, &built, &auth)
         .await
         .map_err(|e| super::classified(&e))?;
     Ok(published_name(address, &reference, &digest))
+}
+
+/// The registry host a `withRegistryAuth` address names.
+fn registry_auth_host(address: &str) -> Result<String> {
+    crate::registry::auth_address_host(address)
+        .map_err(|m| super::gql_error(crate::ErrorKind::InvalidArgument, m))
 }
 
 /// What `publish` returns, as Dagger does: the normalised name, the tag only when the address

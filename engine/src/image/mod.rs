@@ -20,7 +20,7 @@ use crate::content::{ContentError, ContentStore};
 use crate::error::{Classify, ErrorKind};
 use crate::metadata::{Metadata, ResourceKind};
 use crate::oci::{Digest, Platform, Reference};
-use crate::registry::{RegistryClient, RegistryError};
+use crate::registry::{Credentials, RegistryClient, RegistryError};
 use crate::snapshot::{SnapshotError, SnapshotId, Snapshotter};
 use crate::util::Singleflight;
 use std::sync::Arc;
@@ -102,7 +102,9 @@ struct Inner {
     content: ContentStore,
     meta: Metadata,
     snapshots: Snapshotter,
-    pulls: Singleflight<(String, String), PullResult>,
+    /// By reference, platform and the fingerprint of the caller's credentials: a pull made
+    /// with credentials is never joined by one without them (or with others).
+    pulls: Singleflight<(String, String, String), PullResult>,
     downloads: Singleflight<Digest, Result<(), Arc<ImageError>>>,
 }
 
@@ -133,13 +135,32 @@ impl ImageService {
         &self.inner.content
     }
 
-    /// Pulls `reference` for `platform`, sharing the work with concurrent identical pulls.
+    /// Pulls `reference` for `platform` with the engine's own credentials only, sharing the
+    /// work with concurrent identical pulls.
     pub async fn pull(&self, reference: &Reference, platform: &Platform) -> PullResult {
-        let key = (reference.to_string(), platform.to_string());
+        self.pull_with_auth(reference, platform, &Credentials::none())
+            .await
+    }
+
+    /// Pulls `reference` for `platform` with `auth` (a request's `withRegistryAuth`) taking
+    /// precedence over the engine's credentials. Only concurrent pulls with the same
+    /// credentials share the work.
+    pub async fn pull_with_auth(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        auth: &Credentials,
+    ) -> PullResult {
+        let key = (
+            reference.to_string(),
+            platform.to_string(),
+            auth.fingerprint(),
+        );
         self.inner
             .pulls
             .run(key, || async {
-                self.pull_uncached(reference, platform)
+                let registry = self.inner.registry.with_credentials(auth);
+                self.pull_uncached(&registry, reference, platform)
                     .await
                     .map(Arc::new)
                     .map_err(Arc::new)
@@ -149,13 +170,14 @@ impl ImageService {
 
     async fn pull_uncached(
         &self,
+        registry: &RegistryClient,
         reference: &Reference,
         platform: &Platform,
     ) -> Result<Image, ImageError> {
         let started = std::time::Instant::now();
         let since = move || started.elapsed().as_millis() as u64;
         let lease = PullLease::new(&self.inner.meta)?;
-        let resolved = self.inner.registry.resolve(reference, platform).await?;
+        let resolved = registry.resolve(reference, platform).await?;
         let resolve_ms = since();
         let name = reference.to_string();
         let invalid = |message: String| ImageError::Invalid {
@@ -181,6 +203,7 @@ impl ImageService {
         );
         lease.hold(&held)?;
         self.ensure_blob(
+            registry,
             reference,
             &config_digest,
             config_size,
@@ -248,8 +271,9 @@ impl ImageService {
         let mut fetches: std::collections::VecDeque<_> = downloads
             .iter()
             .map(|(digest, size, media_type, tap)| {
-                let (svc, reference, digest, size, media_type, tap) = (
+                let (svc, registry, reference, digest, size, media_type, tap) = (
                     self.clone(),
+                    registry.clone(),
                     reference.clone(),
                     digest.clone(),
                     *size,
@@ -261,7 +285,7 @@ impl ImageService {
                 AbortOnDrop(tokio::spawn(crate::progress::scope(reporter, async move {
                     let _close = CloseTap(tap.clone());
                     let start = since();
-                    svc.ensure_blob(&reference, &digest, size, &media_type, Some(tap))
+                    svc.ensure_blob(&registry, &reference, &digest, size, &media_type, Some(tap))
                         .await
                         .map(|()| (start, since()))
                 })))
@@ -493,6 +517,7 @@ impl ImageService {
     /// and the download starts at byte 0 (see `stream::Tap`).
     async fn ensure_blob(
         &self,
+        registry: &RegistryClient,
         reference: &Reference,
         digest: &Digest,
         size: u64,
@@ -505,7 +530,7 @@ impl ImageService {
         self.inner
             .downloads
             .run(digest.clone(), || async {
-                self.download(reference, digest, size, media_type, tap)
+                self.download(registry, reference, digest, size, media_type, tap)
                     .await
                     .map_err(Arc::new)
             })
@@ -515,6 +540,7 @@ impl ImageService {
 
     async fn download(
         &self,
+        registry: &RegistryClient,
         reference: &Reference,
         digest: &Digest,
         size: u64,
@@ -532,9 +558,7 @@ impl ImageService {
                 Err(e) => return Err(e.into()),
             }
         };
-        let mut stream = self
-            .inner
-            .registry
+        let mut stream = registry
             .fetch_blob(reference, digest, size, writer.offset())
             .await?;
         if stream.restarted {

@@ -4,7 +4,7 @@
 
 use super::{BuiltImage, ImageError, ImageService};
 use crate::oci::{Digest, Reference};
-use crate::registry::{is_index_type, is_manifest_type, PushBlob, PushManifest};
+use crate::registry::{is_index_type, is_manifest_type, Credentials, PushBlob, PushManifest};
 
 /// Cap on a manifest or index read back from the content store for a push.
 const MAX_MANIFEST_BYTES: u64 = crate::registry::DEFAULT_MAX_MANIFEST_BYTES;
@@ -20,12 +20,25 @@ fn same_registry_sources(registry: &str, sources: &[String]) -> Vec<String> {
 }
 
 impl ImageService {
-    /// Pushes `image` to `reference` (its tag, or its digest when it has no tag) and returns
-    /// the root manifest's digest as the registry confirmed it.
+    /// Pushes `image` to `reference` (its tag, or its digest when it has no tag) with the
+    /// engine's own credentials, and returns the root manifest's digest as the registry
+    /// confirmed it.
     pub async fn push(
         &self,
         reference: &Reference,
         image: &BuiltImage,
+    ) -> Result<Digest, ImageError> {
+        self.push_with_auth(reference, image, &Credentials::none())
+            .await
+    }
+
+    /// Like [`ImageService::push`], with `auth` (a request's `withRegistryAuth`) taking
+    /// precedence over the engine's credentials.
+    pub async fn push_with_auth(
+        &self,
+        reference: &Reference,
+        image: &BuiltImage,
+        auth: &Credentials,
     ) -> Result<Digest, ImageError> {
         let mut blobs = Vec::new();
         let mut manifests = Vec::new();
@@ -73,6 +86,7 @@ impl ImageService {
         let pushed = self
             .inner
             .registry
+            .with_credentials(auth)
             .push_image(reference, blobs, manifests)
             .await;
         op.finish(&pushed);

@@ -165,6 +165,126 @@ impl Credentials {
     pub(crate) fn get(&self, host: &str) -> Option<&Basic> {
         self.by_host.get(&credential_host(host))
     }
+
+    /// Removes the credentials for `host`, if any.
+    pub fn remove(&mut self, host: &str) {
+        self.by_host.remove(&credential_host(host));
+    }
+
+    /// These credentials with `over`'s entries taking precedence host by host (e.g. the
+    /// `withRegistryAuth` of one request over the engine's docker config).
+    pub fn overlaid(&self, over: &Credentials) -> Credentials {
+        let mut by_host = self.by_host.clone();
+        for (host, basic) in &over.by_host {
+            by_host.insert(host.clone(), basic.clone());
+        }
+        Credentials { by_host }
+    }
+
+    /// A salted digest of every entry (hosts, usernames and passwords): equal for equal
+    /// credentials within this process, and revealing nothing about them. Empty when there
+    /// are none. For keys of caches and shared flights, never for display.
+    pub fn fingerprint(&self) -> String {
+        if self.by_host.is_empty() {
+            return String::new();
+        }
+        let mut material = Vec::new();
+        for (host, basic) in &self.by_host {
+            for part in [host.as_str(), &basic.username, &basic.password] {
+                material.extend_from_slice(&(part.len() as u64).to_le_bytes());
+                material.extend_from_slice(part.as_bytes());
+            }
+        }
+        salted_digest(&material)
+    }
+}
+
+impl Basic {
+    /// A salted digest of the username and password (see [`Credentials::fingerprint`]).
+    pub fn fingerprint(&self) -> String {
+        let mut material = Vec::new();
+        for part in [&self.username, &self.password] {
+            material.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            material.extend_from_slice(part.as_bytes());
+        }
+        salted_digest(&material)
+    }
+}
+
+/// sha256 of a random per-process key followed by `material`, in hex.
+fn salted_digest(material: &[u8]) -> String {
+    use sha2::Digest as _;
+    static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let mut key = [0u8; 32];
+        if std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))
+            .is_err()
+        {
+            // Without the kernel's randomness the digest is still one-way, only unsalted.
+            let seed = format!("{:?}{:p}", std::time::SystemTime::now(), &key);
+            key = sha2::Sha256::digest(seed.as_bytes()).into();
+        }
+        key
+    });
+    let mut h = sha2::Sha256::new();
+    h.update(key);
+    h.update(material);
+    hex::encode(h.finalize())
+}
+
+/// The credential host a `withRegistryAuth` address names, as Dagger reads it: a scheme,
+/// a trailing slash, a digest and a tag are ignored; `localhost[:port]` and names with a dot
+/// or a port are hosts; anything else (`alpine`, `library/alpine`) is Docker Hub. Docker Hub
+/// aliases become `docker.io`.
+pub fn auth_address_host(address: &str) -> Result<String, String> {
+    let a = address.trim();
+    let a = a
+        .strip_prefix("https://")
+        .or_else(|| a.strip_prefix("http://"))
+        .unwrap_or(a);
+    let a = a.trim_end_matches('/');
+    let a = a.split('@').next().unwrap_or("");
+    let (first, has_path) = match a.split_once('/') {
+        Some((first, _)) => (first, true),
+        None => (a, false),
+    };
+    // `host:port` keeps a numeric port; `name:tag` loses the tag.
+    let first = match first.rsplit_once(':') {
+        Some((h, port))
+            if !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (has_path
+                    || h.contains('.')
+                    || h.starts_with('[')
+                    || h.eq_ignore_ascii_case("localhost")) =>
+        {
+            first
+        }
+        Some((h, _tag)) => h,
+        None => first,
+    };
+    if first.is_empty() {
+        return Err(format!(
+            "invalid registry address {address:?}: expected a host such as registry.example.com[:port]"
+        ));
+    }
+    if first.bytes().any(|b| {
+        !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_' | b'[' | b']'))
+    }) {
+        return Err(format!(
+            "invalid registry address {address:?}: expected a host such as registry.example.com[:port]"
+        ));
+    }
+    let lower = first.to_ascii_lowercase();
+    let is_host = lower.contains('.')
+        || lower.contains(':')
+        || lower == "localhost"
+        || lower.starts_with("localhost:");
+    if !is_host {
+        return Ok("docker.io".to_string());
+    }
+    Ok(credential_host(&lower))
 }
 
 fn docker_config_path() -> Option<PathBuf> {
@@ -314,28 +434,37 @@ struct CachedToken {
     expires: Instant,
 }
 
-/// Tokens by (host, scope) and the scheme each host uses.
+/// Tokens by (host, scope, credentials) and the scheme each host uses. The credentials part
+/// is [`Basic::fingerprint`] (empty for anonymous requests), so a token obtained with one set
+/// of credentials is never handed to a request made with other credentials or none.
 #[derive(Default)]
 pub(crate) struct AuthCache {
-    tokens: Mutex<HashMap<(String, String), CachedToken>>,
+    tokens: Mutex<HashMap<(String, String, String), CachedToken>>,
     schemes: Mutex<HashMap<String, HostScheme>>,
 }
 
 impl AuthCache {
-    pub fn token(&self, host: &str, scope: &str) -> Option<String> {
+    pub fn token(&self, host: &str, scope: &str, who: &str) -> Option<String> {
         let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         tokens
-            .get(&(host.to_string(), scope.to_string()))
+            .get(&(host.to_string(), scope.to_string(), who.to_string()))
             .filter(|t| t.expires > Instant::now())
             .map(|t| t.token.clone())
     }
 
-    pub fn store_token(&self, host: &str, scope: &str, token: String, lifetime: Duration) {
+    pub fn store_token(
+        &self,
+        host: &str,
+        scope: &str,
+        who: &str,
+        token: String,
+        lifetime: Duration,
+    ) {
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         tokens.retain(|_, t| t.expires > now);
         tokens.insert(
-            (host.to_string(), scope.to_string()),
+            (host.to_string(), scope.to_string(), who.to_string()),
             CachedToken {
                 token,
                 expires: now + lifetime,
@@ -343,9 +472,9 @@ impl AuthCache {
         );
     }
 
-    pub fn forget_token(&self, host: &str, scope: &str) {
+    pub fn forget_token(&self, host: &str, scope: &str, who: &str) {
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens.remove(&(host.to_string(), scope.to_string()));
+        tokens.remove(&(host.to_string(), scope.to_string(), who.to_string()));
     }
 
     pub fn scheme(&self, host: &str) -> Option<HostScheme> {
@@ -516,13 +645,87 @@ mod tests {
     }
 
     #[test]
+    fn tokens_are_kept_per_credentials() {
+        let cache = AuthCache::default();
+        let alice = Basic {
+            username: "alice".into(),
+            password: "pw-a".into(),
+        };
+        let other_pw = Basic {
+            username: "alice".into(),
+            password: "pw-b".into(),
+        };
+        assert_ne!(alice.fingerprint(), other_pw.fingerprint());
+        assert_eq!(alice.fingerprint(), alice.clone().fingerprint());
+        assert!(!alice.fingerprint().contains("pw-a"));
+        cache.store_token(
+            "h",
+            "s",
+            &alice.fingerprint(),
+            "push-token".into(),
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            cache.token("h", "s", &alice.fingerprint()).as_deref(),
+            Some("push-token")
+        );
+        assert_eq!(cache.token("h", "s", ""), None, "anonymous");
+        assert_eq!(cache.token("h", "s", &other_pw.fingerprint()), None);
+        cache.forget_token("h", "s", "");
+        assert!(cache.token("h", "s", &alice.fingerprint()).is_some());
+    }
+
+    #[test]
+    fn overlay_and_fingerprints() {
+        let base =
+            Credentials::none()
+                .with("docker.io", "hub", "hubpw")
+                .with("r.example.com", "u", "p");
+        let over = Credentials::none().with("https://index.docker.io/v1/", "me", "mine");
+        let merged = base.overlaid(&over);
+        assert_eq!(merged.get("docker.io").unwrap().username, "me");
+        assert_eq!(merged.get("r.example.com").unwrap().username, "u");
+        assert_eq!(Credentials::none().fingerprint(), "");
+        assert_ne!(base.fingerprint(), merged.fingerprint());
+        assert_eq!(merged.fingerprint(), base.overlaid(&over).fingerprint());
+        assert!(!merged.fingerprint().contains("mine"));
+        let mut removed = merged.clone();
+        removed.remove("registry-1.docker.io");
+        assert!(removed.get("docker.io").is_none());
+    }
+
+    #[test]
+    fn auth_addresses_name_hosts_like_dagger() {
+        let host = |a: &str| auth_address_host(a).unwrap();
+        assert_eq!(host("docker.io"), "docker.io");
+        assert_eq!(host("registry-1.docker.io"), "docker.io");
+        assert_eq!(host("https://index.docker.io/v1/"), "docker.io");
+        assert_eq!(host("alpine"), "docker.io");
+        assert_eq!(host("alpine:3.19"), "docker.io");
+        assert_eq!(host("library/alpine:3"), "docker.io");
+        assert_eq!(host("127.0.0.1:5000"), "127.0.0.1:5000");
+        assert_eq!(host("127.0.0.1:5000/private/app:v1"), "127.0.0.1:5000");
+        assert_eq!(host("http://127.0.0.1:5000/"), "127.0.0.1:5000");
+        assert_eq!(
+            host("Registry.Example.com:8443/team/app@sha256:abc"),
+            "registry.example.com:8443"
+        );
+        assert_eq!(host("ghcr.io/org/img:1.0"), "ghcr.io");
+        assert_eq!(host("localhost:5000"), "localhost:5000");
+        assert_eq!(host("localhost/app"), "localhost");
+        assert!(auth_address_host("").is_err());
+        assert!(auth_address_host("https://").is_err());
+        assert!(auth_address_host("bad host/x").is_err());
+    }
+
+    #[test]
     fn token_cache_expires() {
         let cache = AuthCache::default();
-        cache.store_token("h", "s", "t".into(), Duration::from_secs(60));
-        assert_eq!(cache.token("h", "s").as_deref(), Some("t"));
-        assert_eq!(cache.token("h", "other"), None);
-        cache.store_token("h", "s2", "t2".into(), Duration::ZERO);
-        assert_eq!(cache.token("h", "s2"), None);
+        cache.store_token("h", "s", "", "t".into(), Duration::from_secs(60));
+        assert_eq!(cache.token("h", "s", "").as_deref(), Some("t"));
+        assert_eq!(cache.token("h", "other", ""), None);
+        cache.store_token("h", "s2", "", "t2".into(), Duration::ZERO);
+        assert_eq!(cache.token("h", "s2", ""), None);
         assert_eq!(token_lifetime(None), Duration::from_secs(54));
         assert_eq!(token_lifetime(Some(300)), Duration::from_secs(270));
         assert_eq!(token_lifetime(Some(3600)), Duration::from_secs(3570));

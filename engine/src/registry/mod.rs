@@ -14,7 +14,7 @@ mod select;
 mod tls;
 mod transport;
 
-pub use auth::Credentials;
+pub use auth::{auth_address_host, Credentials};
 pub use endpoint::DOCKER_HUB_API;
 pub use error::RegistryError;
 pub use push::{
@@ -170,15 +170,17 @@ impl fmt::Debug for RegistryClient {
     }
 }
 
+/// One view of the client: its credentials, and the state every view shares (TLS clients,
+/// connection limits, tokens; tokens are kept per credentials, see [`AuthCache`]).
 pub(crate) struct Inner {
     hosts: BTreeMap<String, RegistryConfig>,
     credentials: Credentials,
     max_connections_per_host: usize,
     max_manifest_bytes: u64,
     push: PushOptions,
-    clients: tls::ClientCache,
-    semaphores: Mutex<HashMap<String, Arc<Semaphore>>>,
-    auth: AuthCache,
+    clients: Arc<tls::ClientCache>,
+    semaphores: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    auth: Arc<AuthCache>,
 }
 
 impl RegistryClient {
@@ -190,16 +192,39 @@ impl RegistryClient {
         }
         Ok(RegistryClient {
             inner: Arc::new(Inner {
-                clients: tls::ClientCache::new(opts.extra_ca_dir.as_deref()),
+                clients: Arc::new(tls::ClientCache::new(opts.extra_ca_dir.as_deref())),
                 hosts: opts.hosts,
                 credentials: opts.credentials,
                 max_connections_per_host: opts.max_connections_per_host.max(1),
                 max_manifest_bytes: opts.max_manifest_bytes,
                 push: opts.push,
-                semaphores: Mutex::new(HashMap::new()),
-                auth: AuthCache::default(),
+                semaphores: Arc::new(Mutex::new(HashMap::new())),
+                auth: Arc::new(AuthCache::default()),
             }),
         })
+    }
+
+    /// This client with `overlay`'s credentials taking precedence over its own, host by host
+    /// (`withRegistryAuth`). It shares connection pools, limits and the token cache with
+    /// `self`; tokens are cached per credentials, so none crosses from one view to another
+    /// with different credentials. Only the caller holding the view uses the overlay.
+    pub fn with_credentials(&self, overlay: &Credentials) -> RegistryClient {
+        if overlay.is_empty() {
+            return self.clone();
+        }
+        let base = &self.inner;
+        RegistryClient {
+            inner: Arc::new(Inner {
+                hosts: base.hosts.clone(),
+                credentials: base.credentials.overlaid(overlay),
+                max_connections_per_host: base.max_connections_per_host,
+                max_manifest_bytes: base.max_manifest_bytes,
+                push: base.push,
+                clients: base.clients.clone(),
+                semaphores: base.semaphores.clone(),
+                auth: base.auth.clone(),
+            }),
+        }
     }
 
     /// GETs the manifest (by tag or digest) from the first endpoint that has it: mirrors in

@@ -1,5 +1,5 @@
 //! One request against one endpoint: the connection limit, authentication (Basic, Bearer
-//! tokens cached per host and scope), retries with backoff, and reading bodies under a cap.
+//! tokens cached per host, scope and credentials), retries with backoff, and reading bodies under a cap.
 
 use super::auth::{parse_challenges, token_lifetime, Basic, Challenge, HostScheme};
 use super::endpoint::Endpoint;
@@ -233,7 +233,8 @@ impl Inner {
                     }
                     challenged = true;
                     if auth.as_deref().is_some_and(|a| a.starts_with("Bearer ")) {
-                        self.auth.forget_token(&ep.host, &scope);
+                        let who = creds.map(Basic::fingerprint).unwrap_or_default();
+                        self.auth.forget_token(&ep.host, &scope, &who);
                     }
                     let challenges = parse_challenges(
                         resp.headers()
@@ -335,8 +336,9 @@ impl Inner {
         Err(self.auth_error(ep, repo))
     }
 
-    /// A cached token for (host, scope), or a new one from the realm: `GET realm?service=&scope=`
-    /// with our Basic credentials for the registry host when we have them.
+    /// A cached token for (host, scope, these credentials), or a new one from the realm:
+    /// `GET realm?service=&scope=` with our Basic credentials for the registry host when we
+    /// have them. A token is only ever reused by requests made with the same credentials.
     #[allow(clippy::too_many_arguments)]
     async fn token(
         &self,
@@ -348,7 +350,8 @@ impl Inner {
         service: Option<&str>,
         creds: Option<&Basic>,
     ) -> Result<String, RegistryError> {
-        if let Some(t) = self.auth.token(&ep.host, scope) {
+        let who = creds.map(Basic::fingerprint).unwrap_or_default();
+        if let Some(t) = self.auth.token(&ep.host, scope, &who) {
             return Ok(t);
         }
         let bad_realm = |reason: String| RegistryError::InvalidResponse {
@@ -444,6 +447,7 @@ impl Inner {
         self.auth.store_token(
             &ep.host,
             scope,
+            &who,
             token.clone(),
             token_lifetime(parsed.expires_in),
         );

@@ -14,9 +14,9 @@ mod change;
 mod digest;
 mod exec;
 pub mod filter;
-mod image_io;
 pub mod fs;
 pub mod id;
+mod image_io;
 pub mod node;
 pub mod secrets;
 mod tree;
@@ -264,6 +264,39 @@ impl Solver {
         self.inner.memo.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The `withRegistryAuth` credentials in effect for `node`: along its chain, the call
+    /// nearest to `node` wins for each host, and a `withoutRegistryAuth` hides the earlier
+    /// ones. They apply to this request's pulls and pushes only, on top of the engine's own.
+    pub fn registry_auth(&self, node: &ContainerNode) -> Result<crate::registry::Credentials> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut creds = crate::registry::Credentials::none();
+        let mut cur = Some(node);
+        while let Some(n) = cur {
+            match n {
+                ContainerNode::RegistryAuth {
+                    address,
+                    username,
+                    secret,
+                    ..
+                } if seen.insert(address.clone()) => {
+                    let value = self.inner.secrets.plaintext(secret)?;
+                    let password = String::from_utf8(value).map_err(|_| {
+                        SolveError::InvalidArgument(format!(
+                            "the registry secret for {address} is not UTF-8 text"
+                        ))
+                    })?;
+                    creds.insert(address, username, &password);
+                }
+                ContainerNode::NoRegistryAuth { address, .. } => {
+                    seen.insert(address.clone());
+                }
+                _ => {}
+            }
+            cur = n.parent();
+        }
+        Ok(creds)
+    }
+
     pub async fn container(&self, node: &ContainerNode) -> Result<Arc<ContainerValue>> {
         let key = key_of("container", node);
         // Work already done (in any session) shows as cached in this one's progress.
@@ -310,7 +343,13 @@ impl Solver {
                         &format!("from {address}"),
                         Some(key_of("container", node).to_string()),
                     );
-                    let pulled = self.inner.images.pull(&reference, &platform).await;
+                    // The `withRegistryAuth` credentials in effect where `from` was called.
+                    let auth = self.registry_auth(parent)?;
+                    let pulled = self
+                        .inner
+                        .images
+                        .pull_with_auth(&reference, &platform, &auth)
+                        .await;
                     op.finish(&pulled);
                     let image = pulled.map_err(|e| SolveError::Image(ImageError::Shared(e)))?;
                     Ok(ContainerValue {
@@ -367,6 +406,15 @@ impl Solver {
                     next.secret_env.retain(|(n, _)| n != name);
                     next.secret_env.push((name.clone(), secret.clone()));
                     Ok(next)
+                }
+                ContainerNode::RegistryAuth { parent, secret, .. } => {
+                    let p = self.container(parent).await?;
+                    // Fail here, where the user wrote it, rather than at the pull or push.
+                    self.inner.secrets.plaintext(secret)?;
+                    Ok((*p).clone())
+                }
+                ContainerNode::NoRegistryAuth { parent, .. } => {
+                    Ok((*self.container(parent).await?).clone())
                 }
                 ContainerNode::NoSecretEnv { parent, name } => {
                     let p = self.container(parent).await?;

@@ -65,6 +65,43 @@ pub enum ContainerNode {
         source: Box<FileNode>,
         tag: String,
     },
+    /// `withRegistryAuth(address, username, secret)`: credentials for the registry host
+    /// `address` names (normalised, e.g. `docker.io`, `127.0.0.1:5000`), used by the `from`
+    /// pulls and `publish` pushes of this container and the ones built on it. Only the
+    /// secret's salted handle is in the node.
+    RegistryAuth {
+        parent: Box<ContainerNode>,
+        address: String,
+        username: String,
+        secret: SecretNode,
+    },
+    /// `withoutRegistryAuth(address)`: no `withRegistryAuth` credentials for that host from
+    /// here on (the engine's own credentials still apply).
+    NoRegistryAuth {
+        parent: Box<ContainerNode>,
+        address: String,
+    },
+}
+
+impl ContainerNode {
+    /// The container this one is built on (`None` for `Scratch`).
+    pub fn parent(&self) -> Option<&ContainerNode> {
+        match self {
+            ContainerNode::Scratch { .. } => None,
+            ContainerNode::From { parent, .. }
+            | ContainerNode::Config { parent, .. }
+            | ContainerNode::Exec { parent, .. }
+            | ContainerNode::Mount { parent, .. }
+            | ContainerNode::Unmount { parent, .. }
+            | ContainerNode::SecretEnv { parent, .. }
+            | ContainerNode::NoSecretEnv { parent, .. }
+            | ContainerNode::Fs { parent, .. }
+            | ContainerNode::WithRootfs { parent, .. }
+            | ContainerNode::Import { parent, .. }
+            | ContainerNode::RegistryAuth { parent, .. }
+            | ContainerNode::NoRegistryAuth { parent, .. } => Some(parent),
+        }
+    }
 }
 
 /// Layer compression asked for by `forcedCompression`.
