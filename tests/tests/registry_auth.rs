@@ -109,7 +109,8 @@ fn basic_auth_from_and_publish_with_credentials_given_by_the_request_only() {
     assert!(
         msg.contains(&reg.addr)
             && msg.contains("private/busybox")
-            && msg.contains("authentication"),
+            && msg.contains("authentication")
+            && msg.contains("withRegistryAuth"),
         "{msg}"
     );
 

@@ -17,10 +17,10 @@ pub enum RegistryError {
     #[error("authentication failed for {host}/{repository}")]
     AuthFailed { host: String, repository: String },
     /// The registry wants credentials and we have none for this host.
-    #[error("pull access denied for {host}/{repository}: the registry requires authentication and no credentials are configured for {host}")]
+    #[error("pull access denied for {host}/{repository}: the registry requires authentication and no credentials are configured for {host} (give them with Container.withRegistryAuth, or in the engine's docker config)")]
     CredentialsRequired { host: String, repository: String },
     /// A push refused for lack of (or without) credentials.
-    #[error("push access denied for {host}/{repository}: the registry requires authentication with push rights; configure credentials for {host}")]
+    #[error("push access denied for {host}/{repository}: the registry requires authentication with push rights; give credentials for {host} with Container.withRegistryAuth or in the engine's docker config")]
     PushDenied { host: String, repository: String },
     /// A 4xx to a push request, with the registry's own error message.
     #[error("{host}/{repository} rejected {what} (HTTP {status}): {message}")]
