@@ -166,21 +166,27 @@ impl CacheVolumes {
             _locked: locked,
         };
         if !lease.path.exists() {
-            // Built beside and renamed, so a crash never leaves a half-initialised volume.
+            // Built beside and renamed, so a crash never leaves a half-initialised volume. The
+            // name is unique per call: two execs creating the same volume at once must not
+            // share (and delete) each other's directory; the second rename loses harmlessly.
+            static NEXT_INIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let tmp = self.dir.join(format!(
-                ".init-{}-{}",
+                ".init-{}-{}-{}",
                 lease
                     .path
                     .file_name()
                     .and_then(|n| n.to_str())
                     .unwrap_or("v"),
-                std::process::id()
+                std::process::id(),
+                NEXT_INIT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             ));
             let _ = std::fs::remove_dir_all(&tmp);
             std::fs::create_dir_all(&tmp)
                 .map_err(|e| SolveError::Internal(format!("creating cache volume: {e}")))?;
             init(&tmp)?;
-            if let Err(e) = std::fs::rename(&tmp, &lease.path) {
+            // Never over a volume another exec created meanwhile (even an empty one: its
+            // exec may be writing into it already).
+            if let Err(e) = crate::sys::fsops::rename_noreplace(&tmp, &lease.path) {
                 let _ = std::fs::remove_dir_all(&tmp);
                 if !lease.path.exists() {
                     return Err(SolveError::Internal(format!("creating cache volume: {e}")));
@@ -219,5 +225,40 @@ mod tests {
         assert!(waiting.is_err(), "a second LOCKED user waits");
         drop(l1);
         vols.acquire("l", Sharing::Locked, ok).await.unwrap();
+    }
+
+    /// Many execs creating one new volume at once: all get it, and what the first one wrote
+    /// is never replaced by another's fresh copy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_creation_shares_one_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let vols = Arc::new(CacheVolumes::new(dir.path().to_path_buf()));
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let vols = vols.clone();
+                tokio::spawn(async move {
+                    let lease = vols
+                        .acquire("shared", Sharing::Shared, |_: &Path| Ok(()))
+                        .await
+                        .unwrap();
+                    std::fs::write(lease.path.join(format!("f{i}")), "x").unwrap();
+                    lease
+                })
+            })
+            .collect();
+        let mut leases = Vec::new();
+        for t in tasks {
+            leases.push(t.await.unwrap());
+        }
+        let path = leases[0].path.clone();
+        assert!(leases.iter().all(|l| l.path == path));
+        let files = std::fs::read_dir(&path).unwrap().count();
+        assert_eq!(files, 16, "every writer's file is in the one volume");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".init-"))
+            .collect();
+        assert!(leftovers.is_empty(), "no half-built volume is left behind");
     }
 }

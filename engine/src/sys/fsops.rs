@@ -333,6 +333,13 @@ pub fn remove_all_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
 }
 
 /// The target of symlink `name` in `dir`.
+/// Renames `from` to `to` only if `to` does not exist (`EEXIST` otherwise): unlike
+/// `rename(2)`, never replaces an empty directory someone else just put there.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    rfs::renameat_with(rfs::CWD, from, rfs::CWD, to, rfs::RenameFlags::NOREPLACE)
+        .map_err(io::Error::from)
+}
+
 pub fn readlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OsString> {
     let target = rfs::readlinkat(dir, name, Vec::new())?;
     Ok(OsString::from_vec(target.into_bytes()))
