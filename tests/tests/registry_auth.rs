@@ -134,6 +134,38 @@ fn basic_auth_from_and_publish_with_credentials_given_by_the_request_only() {
         assert!(!json.contains(PASS), "password in the ID: {json}");
     }
 
+    // 2b. An authenticated and an anonymous pull of the same (new) tag at the same time:
+    //     they never share one flight, so only the authenticated one gets the image.
+    images::push(
+        images::BUSYBOX,
+        &reg,
+        "private/busybox:2",
+        Format::Oci,
+        reg.creds(),
+    );
+    let image2 = format!("{}/private/busybox:2", reg.addr);
+    let (with_auth, anonymous) = std::thread::scope(|s| {
+        let a = s.spawn(|| {
+            engine.query(&format!(
+                r#"{{ container {{ withRegistryAuth(address: "{}", username: "{USER}", secret: "{pw}") {{
+                    from(address: "{image2}") {{ file(path: "/bin/busybox") {{ size }} }} }} }} }}"#,
+                reg.addr
+            ))
+        });
+        let b = s.spawn(|| {
+            engine.query(&format!(
+                r#"{{ container {{ from(address: "{image2}") {{ file(path: "/bin/busybox") {{ size }} }} }} }}"#
+            ))
+        });
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(with_auth.get("errors").is_none(), "{with_auth}");
+    assert_eq!(
+        first_error(&anonymous).1,
+        "PERMISSION_DENIED",
+        "{anonymous}"
+    );
+
     // 3. Right after, a request without credentials still cannot pull the private image by
     //    tag, although its blobs are in the engine's content store now: the tag is resolved
     //    against the registry with the request's own credentials (none).
