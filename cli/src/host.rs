@@ -454,28 +454,9 @@ pub fn scan(query: &str) -> HostQuery {
     if field.fancy || field.selection_text.is_none() {
         return unsupported(&format!("this selection on Host.{}", field.name));
     }
-    let id_only = field.selections.len() == 1
-        && field.selections[0].name == "id"
-        && !field.selections[0].fancy
-        && field.selections[0].args.is_empty()
-        && field.selections[0].selections.is_empty();
-    let forward = if id_only {
-        None
-    } else if p
-        .toks
-        .iter()
-        .any(|t| matches!(t, Tok::Other(o) if o == "$"))
-    {
-        return unsupported("variables in a host query");
-    } else {
-        let (start, end) = field.selection_text.expect("checked");
-        Some(
-            query
-                .chars()
-                .skip(start)
-                .take(end - start)
-                .collect::<String>(),
-        )
+    let forward = match forward_selection(query, &p, field) {
+        Ok(f) => f,
+        Err(()) => return unsupported("variables in a host query"),
     };
     let mut path = None;
     let mut secret_name = None;
@@ -546,6 +527,30 @@ pub fn scan(query: &str) -> HostQuery {
     })
 }
 
+/// What to run on the object once it exists: `None` when only `{ id }` is selected, else the
+/// selection's text (sent on `load*FromID`). `Err` when the document uses variables, which
+/// that text could not carry. `field.selection_text` must be set.
+fn forward_selection(query: &str, p: &Parser, field: &Field) -> Result<Option<String>, ()> {
+    let id_only = field.selections.len() == 1
+        && field.selections[0].name == "id"
+        && !field.selections[0].fancy
+        && field.selections[0].args.is_empty()
+        && field.selections[0].selections.is_empty();
+    if id_only {
+        return Ok(None);
+    }
+    if p.toks
+        .iter()
+        .any(|t| matches!(t, Tok::Other(o) if o == "$"))
+    {
+        return Err(());
+    }
+    let Some((start, end)) = field.selection_text else {
+        return Err(());
+    };
+    Ok(Some(query.chars().skip(start).take(end - start).collect()))
+}
+
 /// Whether a document may use `host` or `secret`: the cheap test before any parsing.
 pub fn mentions_client_fields(query: &[u8]) -> bool {
     query.windows(4).any(|w| w == b"host") || query.windows(6).any(|w| w == b"secret")
@@ -569,27 +574,9 @@ fn scan_secret(query: &str, p: &Parser, secret: &Field) -> HostQuery {
     if secret.fancy || secret.selection_text.is_none() || secret.selections.is_empty() {
         return unsupported("this selection on Query.secret");
     }
-    let id_only = secret.selections.len() == 1
-        && secret.selections[0].name == "id"
-        && !secret.selections[0].fancy
-        && secret.selections[0].args.is_empty();
-    let forward = if id_only {
-        None
-    } else if p
-        .toks
-        .iter()
-        .any(|t| matches!(t, Tok::Other(o) if o == "$"))
-    {
-        return unsupported("variables in a secret query");
-    } else {
-        let (start, end) = secret.selection_text.expect("checked");
-        Some(
-            query
-                .chars()
-                .skip(start)
-                .take(end - start)
-                .collect::<String>(),
-        )
+    let forward = match forward_selection(query, p, secret) {
+        Ok(f) => f,
+        Err(()) => return unsupported("variables in a secret query"),
     };
     HostQuery::Call(HostCall {
         keys: vec![secret.key().to_string()],

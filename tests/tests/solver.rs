@@ -391,7 +391,9 @@ fn deeply_nested_queries_resolve() {
     let depth = 58;
     let mut query = String::from("{ container ");
     for i in 0..depth {
-        query.push_str(&format!("{{ withEnvVariable(name: \"V{i}\", value: \"{i}\") "));
+        query.push_str(&format!(
+            "{{ withEnvVariable(name: \"V{i}\", value: \"{i}\") "
+        ));
     }
     query.push_str(&format!(
         "{{ withNewFile(path: \"/x\", contents: \"deep\") {{ file(path: \"/x\") {{ contents }} envVariable(name: \"V{}\") }}",

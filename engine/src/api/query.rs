@@ -110,8 +110,7 @@ impl QueryRoot {
                 .map(|id| node::load_secret(&id.0))
                 .transpose()?,
         };
-        super::GitRepository::open(ctx, &url, keep_git_dir, &ssh_known_hosts, auth, ssh_agent)
-            .await
+        super::GitRepository::open(ctx, &url, keep_git_dir, &ssh_known_hosts, auth, ssh_agent).await
     }
 
     /// Load any object by its ID.

@@ -921,7 +921,9 @@ mod tests {
             key("https://u:a@example.com/r.git"),
             key("https://u:b@example.com/r.git")
         );
-        let e = git.remote("git@github.com:o/r.git", "", None, None).unwrap_err();
+        let e = git
+            .remote("git@github.com:o/r.git", "", None, None)
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
         assert!(e.to_string().contains("sshAuthSocket"), "{e}");
         assert!(dir.path().join("git/home").is_dir());
