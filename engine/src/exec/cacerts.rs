@@ -13,7 +13,7 @@
 use super::bind_mount;
 use oci_spec::runtime::Mount;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Where distributions keep the bundle that TLS clients read: Debian, Ubuntu and Alpine;
 /// RHEL, Fedora and CentOS; and the OpenSSL default some images use.
@@ -29,11 +29,8 @@ const MAX_BUNDLE_BYTES: u64 = 32 << 20;
 /// Every PEM certificate in the `*.crt` and `*.pem` files under `dir` (recursively, sorted by
 /// path), concatenated; empty when there are none.
 pub fn load_dir(dir: &Path) -> Vec<u8> {
-    let mut files = Vec::new();
-    collect(dir, 0, &mut files);
-    files.sort();
     let mut out = Vec::new();
-    for path in files {
+    for path in crate::util::ca_files(dir) {
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
@@ -43,23 +40,6 @@ pub fn load_dir(dir: &Path) -> Vec<u8> {
         }
     }
     out
-}
-
-fn collect(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-    if depth > 4 {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            collect(&path, depth + 1, out);
-        } else if path.extension().is_some_and(|e| e == "crt" || e == "pem") {
-            out.push(path);
-        }
-    }
 }
 
 /// The `-----BEGIN CERTIFICATE-----` … `-----END CERTIFICATE-----` blocks of `text`.
