@@ -7,28 +7,18 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BENCH_NAME=bench/exec.sh
+source bench/scripts/common.sh
 
-if [[ "$(id -u)" -ne 0 ]]; then
-    echo "bench/exec.sh must run as root: the engine, runc and podman create namespaces, cgroups and mounts. Try: sudo $0" >&2
-    exit 1
-fi
+bench_require_root "the engine, runc and podman create namespaces, cgroups and mounts"
 
 # Bench-only packages (the test suite's live in scripts/install-deps.sh). containernetworking-
 # plugins and iptables give podman its default (CNI bridge) network.
 BENCH_PACKAGES=(podman umoci skopeo runc tini docker-registry busybox-static python3 nftables
     containernetworking-plugins iptables e2fsprogs)
-missing=()
-for p in "${BENCH_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    echo "bench/exec.sh: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bench_install_packages "${BENCH_PACKAGES[@]}"
 
-cargo build --release -p dagger-engine -p dagger-integration-tests --bins
+bench_build
 
 # All state (engine root, runc bundle and --root, podman storage) on one fresh filesystem: a
 # tmpfs (default) or a journaled ext4 loop image. Short path: podman's runroot goes there too
@@ -51,11 +41,7 @@ had_libpod_parent=0
 compgen -G '/sys/fs/cgroup/*/libpod_parent' >/dev/null && had_libpod_parent=1
 
 cleanup() {
-    case $BENCH_DISK in
-        loop) bash bench/scripts/state-disk.sh down "$MNT" "$DISK_IMG" || true ;;
-        tmpfs) umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true ;;
-    esac
-    rmdir "$MNT" 2>/dev/null || true
+    bench_disk_down
     if ((!had_bridge)) && ip link show cni-podman0 >/dev/null 2>&1; then
         ip link delete cni-podman0 || true
     fi
@@ -75,15 +61,7 @@ cleanup() {
     return 0
 }
 trap cleanup EXIT
-case $BENCH_DISK in
-    loop) bash bench/scripts/state-disk.sh up "$MNT" "${BENCH_DISK_SIZE:-4G}" "$DISK_IMG" ;;
-    tmpfs)
-        mkdir -p "$MNT"
-        mount -t tmpfs -o "size=${BENCH_DISK_SIZE:-2G},mode=0755" tmpfs "$MNT"
-        echo "bench/exec.sh: $MNT on a fresh tmpfs (${BENCH_DISK_SIZE:-2G})"
-        ;;
-    *) echo "bench/exec.sh: BENCH_DISK must be tmpfs or loop, not '$BENCH_DISK'" >&2; exit 1 ;;
-esac
+bench_disk_up 4G 2G
 
 # BENCH_NICE (e.g. -10) runs the bench, and so every tool it starts, at that priority: on a
 # machine busy with other work, that keeps the tools' many wake-ups from queueing behind it.

@@ -21,25 +21,20 @@
 //! - `BENCH_WARMUP` (3): untimed rounds first.
 //! - `BENCH_TOOLS` (`engine,runc,podman-none,podman`): which tools to run.
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use dagger_integration_tests::bench::{
-    describe_fs, env_or, ms, remove_tree, run_checked, unescape_mount, which,
+    describe_fs, engine_bin, env_or, ms, remove_tree, run_checked, runs, stat_fields, state_parent,
+    tools, unescape_mount, which, EngineProc,
 };
 use dagger_integration_tests::images::{self, Format};
 use dagger_integration_tests::registry::{Mode, TestRegistry};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Seek, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one run of any tool (or the engine's pull) may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// ours / raw runc.
 const GOAL_RATIO: f64 = 1.2;
 const REPO: &str = "bench/busybox:1";
@@ -102,50 +97,21 @@ struct Settings {
 }
 
 fn settings() -> Result<Settings> {
-    let engine_bin = match std::env::args_os().nth(1) {
-        Some(p) => PathBuf::from(p),
-        None => match std::env::var_os("DAGGER_ENGINE_BIN") {
-            Some(p) => PathBuf::from(p),
-            None => std::env::current_exe()
-                .context("cannot find this executable's path")?
-                .with_file_name("dagger-engine"),
-        },
-    };
-    ensure!(
-        engine_bin.is_file(),
-        "engine binary {} not found; build it with `cargo build --release -p dagger-engine`",
-        engine_bin.display()
-    );
-    let parent = PathBuf::from(std::env::var_os("BENCH_STATE_PARENT").context(
-        "set BENCH_STATE_PARENT to a directory on the filesystem to measure (bench/exec.sh does)",
-    )?);
-    ensure!(
-        parent.is_dir(),
-        "BENCH_STATE_PARENT {} is not a directory",
-        parent.display()
-    );
-    let runs: usize = env_or("BENCH_RUNS", 30)?;
-    ensure!(runs >= 1, "BENCH_RUNS must be at least 1");
-    let tools = env_or("BENCH_TOOLS", "engine,runc,podman-none,podman".to_string())?
-        .split(',')
-        .map(|t| match t.trim() {
-            "engine" => Ok(Tool::Engine),
-            "runc" => Ok(Tool::Runc),
-            "podman-none" => Ok(Tool::PodmanNone),
-            "podman" => Ok(Tool::Podman),
-            other => {
-                bail!("BENCH_TOOLS: unknown tool {other:?} (engine, runc, podman-none, podman)")
-            }
-        })
-        .collect::<Result<Vec<_>>>()?;
-    ensure!(!tools.is_empty(), "BENCH_TOOLS is empty");
     Ok(Settings {
-        engine_bin,
-        parent,
+        engine_bin: engine_bin()?,
+        parent: state_parent("bench/exec.sh")?,
         disk: env_or("BENCH_DISK", "tmpfs".to_string())?,
-        runs,
+        runs: runs(30)?,
         warmup: env_or("BENCH_WARMUP", 3)?,
-        tools,
+        tools: tools(
+            "engine,runc,podman-none,podman",
+            &[
+                ("engine", Tool::Engine),
+                ("runc", Tool::Runc),
+                ("podman-none", Tool::PodmanNone),
+                ("podman", Tool::Podman),
+            ],
+        )?,
         runc: which("runc", "runc")?,
         umoci: which("umoci", "umoci")?,
         podman: which("podman", "podman")?,
@@ -217,10 +183,10 @@ fn bench(s: &Settings, scratch: &Path, fs: &str) -> Result<()> {
                 // The engine, and with it its execs, lives in the engine's group.
                 enter(Tool::Engine)?;
                 let started = Instant::now();
-                let e = EngineProc::start(s, &scratch.join("engine"))?;
+                let e = start_engine(s, &scratch.join("engine"))?;
                 let ready = started.elapsed();
                 let pulled = Instant::now();
-                e.pull(&reference)?;
+                engine_pull(&e, &reference)?;
                 println!(
                     "engine:  ready in {:.0} ms; pulled the image in {:.0} ms; log {}",
                     ms(ready),
@@ -297,7 +263,7 @@ fn bench(s: &Settings, scratch: &Path, fs: &str) -> Result<()> {
             let took = match tool {
                 Tool::Engine => {
                     let e = engine.as_mut().expect("set up");
-                    let (took, profile) = e.exec(&reference, &format!("{nonce}-{round}"))?;
+                    let (took, profile) = engine_exec(e, &reference, &format!("{nonce}-{round}"))?;
                     if timed {
                         profiles.push(profile);
                     }
@@ -444,19 +410,6 @@ fn machine() -> String {
         "{cpus} CPUs, load average {} (1/5/15 min), nice {nice} (BENCH_NICE)",
         load.join(" ")
     )
-}
-
-/// Fields of /proc/<pid>/stat after the command name (the first is field 3, the state).
-fn stat_fields(path: &str) -> Result<Vec<i64>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
-    let rest = text
-        .rsplit_once(')')
-        .with_context(|| format!("bad {path}"))?
-        .1;
-    Ok(rest
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect())
 }
 
 struct Stats {
@@ -837,237 +790,68 @@ impl Drop for PodmanStore {
 
 // ---- the engine --------------------------------------------------------------------------------
 
-struct EngineProc {
-    child: Option<Child>,
-    socket: PathBuf,
-    log_path: PathBuf,
-    /// How much of the log earlier runs have read.
-    log_offset: u64,
+/// Starts the engine on a fresh state dir under `dir`, with a private config, socket and exec
+/// network (bridge `bx<hex>0`, a /24 of 10.248.0.0/16), and waits until it answers.
+fn start_engine(s: &Settings, dir: &Path) -> Result<EngineProc> {
+    let pid = std::process::id();
+    EngineProc::start(
+        &s.engine_bin,
+        dir,
+        ENGINE_LOG_FILTER,
+        None,
+        &[
+            "--network-name".to_string(),
+            format!("bx{:x}", pid & 0xffff),
+            "--network-cidr".to_string(),
+            format!("10.248.{}.0/24", pid % 256),
+        ],
+    )
 }
 
-impl EngineProc {
-    /// Starts the engine on a fresh state dir under `dir`, with a private config, socket and
-    /// exec network (bridge `bx<hex>0`, a /24 of 10.248.0.0/16), and waits until it answers.
-    fn start(s: &Settings, dir: &Path) -> Result<EngineProc> {
-        std::fs::create_dir_all(dir)?;
-        let socket = dir.join("engine.sock");
-        let config = dir.join("empty.toml");
-        std::fs::write(&config, "")?;
-        let docker_config = dir.join("docker-config");
-        std::fs::create_dir_all(&docker_config)?;
-        let log_path = dir.join("engine.log");
-        let log = std::fs::File::create(&log_path)?;
-        let pid = std::process::id();
-        let child = Command::new(&s.engine_bin)
-            .arg("--root")
-            .arg(dir.join("state"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--addr")
-            .arg(format!("unix://{}", socket.display()))
-            .arg("--network-name")
-            .arg(format!("bx{:x}", pid & 0xffff))
-            .arg("--network-cidr")
-            .arg(format!("10.248.{}.0/24", pid % 256))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .env("DAGGER_ENGINE_LOG", ENGINE_LOG_FILTER)
-            .env("DOCKER_CONFIG", &docker_config)
-            .spawn()
-            .with_context(|| format!("cannot start {}", s.engine_bin.display()))?;
-        let mut engine = EngineProc {
-            child: Some(child),
-            socket,
-            log_path,
-            log_offset: 0,
-        };
-        engine.wait_ready()?;
-        Ok(engine)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// The log written since the last call.
-    fn new_log(&mut self) -> Result<String> {
-        let mut f = std::fs::File::open(&self.log_path)?;
-        f.seek(std::io::SeekFrom::Start(self.log_offset))?;
-        let mut text = String::new();
-        f.read_to_string(&mut text)?;
-        self.log_offset += text.len() as u64;
-        Ok(text)
-    }
-
-    fn query(&self, query: &str) -> Result<serde_json::Value> {
-        let body = serde_json::json!({ "query": query }).to_string();
-        let (status, answer) = post(&self.socket, &body, RUN_TIMEOUT)
-            .with_context(|| format!("query failed; engine log:\n{}", self.log()))?;
-        ensure!(
-            status == 200,
-            "HTTP {status}: {answer}\nengine log:\n{}",
-            self.log()
-        );
-        let v: serde_json::Value = serde_json::from_str(&answer).context("answer is not JSON")?;
-        ensure!(
-            v.get("errors").is_none(),
-            "query {query} failed: {v}\nengine log:\n{}",
-            self.log()
-        );
-        Ok(v)
-    }
-
-    fn pull(&self, reference: &str) -> Result<()> {
-        let v = self.query(&format!(
+fn engine_pull(engine: &EngineProc, reference: &str) -> Result<()> {
+    let v = engine.query(
+        &format!(
             r#"{{ container {{ from(address: "{reference}") {{ rootfs {{ entries }} }} }} }}"#
-        ))?;
-        let entries = v["data"]["container"]["from"]["rootfs"]["entries"].to_string();
-        ensure!(
-            entries.contains("\"bin/\""),
-            "the pulled rootfs has no bin/: {entries}"
-        );
-        Ok(())
-    }
-
-    /// One `withExec(["/bin/true", tag])`; its timing and the engine's log lines for it.
-    fn exec(&mut self, reference: &str, tag: &str) -> Result<(Duration, ExecProfile)> {
-        let query = format!(
-            r#"{{ container {{ from(address: "{reference}") {{ withExec(args: ["/bin/true", "{tag}"]) {{ exitCode }} }} }} }}"#
-        );
-        self.new_log()?;
-        let pid = self.child.as_ref().expect("running").id();
-        let cpu_before = process_cpu(pid);
-        let started = Instant::now();
-        let v = self.query(&query)?;
-        let took = started.elapsed();
-        let cpu_after = process_cpu(pid);
-        let code = &v["data"]["container"]["from"]["withExec"]["exitCode"];
-        ensure!(*code == 0, "withExec answered exitCode {code}: {v}");
-        let mut profile = ExecProfile::parse(&self.new_log()?);
-        profile.client_us = took.as_micros() as f64;
-        profile.engine_cpu_us = cpu_before
-            .zip(cpu_after)
-            .map(|(b, a)| a.saturating_sub(b).as_micros() as f64);
-        ensure!(
-            profile.fields.contains_key("exec timing"),
-            "the engine logged no \"exec timing\" line for run {tag}: was the exec cached? log:\n{}",
-            self.log()
-        );
-        Ok((took, profile))
-    }
-
-    fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let body = r#"{"query":"{ version }"}"#;
-        loop {
-            if let Ok((200, answer)) = post(&self.socket, body, Duration::from_secs(5)) {
-                if answer.contains("version") {
-                    return Ok(());
-                }
-            }
-            if let Some(status) = self.child.as_mut().expect("running").try_wait()? {
-                bail!("engine exited early ({status}); log:\n{}", self.log());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "engine did not answer within {}s; log:\n{}",
-                READY_TIMEOUT.as_secs(),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    /// SIGTERM, so the engine removes its bridge, NAT table and mounts.
-    fn stop(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                ensure!(
-                    status.success(),
-                    "engine exited with {status} after SIGTERM; log:\n{}",
-                    self.log()
-                );
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("engine did not stop after SIGTERM; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for EngineProc {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_ref() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        }
-        if let Some(mut child) = self.child.take() {
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// One HTTP/1.1 POST /query over the unix socket (`Connection: close`); status and body.
-fn post(socket: &Path, body: &str, timeout: Duration) -> Result<(u16, String)> {
-    let stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    write!(
-        &stream,
-        "POST /query HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        ),
+        RUN_TIMEOUT,
     )?;
-    let mut reader = BufReader::new(&stream);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("bad status line {line:?}"))?;
-    let mut length = None;
-    loop {
-        line.clear();
-        reader.read_line(&mut line)?;
-        ensure!(!line.is_empty(), "connection closed inside the headers");
-        let header = line.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("content-length") {
-                length = Some(value.trim().parse::<usize>()?);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    match length {
-        Some(n) => {
-            out.resize(n, 0);
-            reader.read_exact(&mut out)?;
-        }
-        None => {
-            reader.read_to_end(&mut out)?;
-        }
-    }
-    Ok((status, String::from_utf8(out)?))
+    let entries = v["data"]["container"]["from"]["rootfs"]["entries"].to_string();
+    ensure!(
+        entries.contains("\"bin/\""),
+        "the pulled rootfs has no bin/: {entries}"
+    );
+    Ok(())
+}
+
+/// One `withExec(["/bin/true", tag])`; its timing and the engine's log lines for it.
+fn engine_exec(
+    engine: &mut EngineProc,
+    reference: &str,
+    tag: &str,
+) -> Result<(Duration, ExecProfile)> {
+    let query = format!(
+        r#"{{ container {{ from(address: "{reference}") {{ withExec(args: ["/bin/true", "{tag}"]) {{ exitCode }} }} }} }}"#
+    );
+    engine.new_log()?;
+    let pid = engine.pid();
+    let cpu_before = process_cpu(pid);
+    let started = Instant::now();
+    let v = engine.query(&query, RUN_TIMEOUT)?;
+    let took = started.elapsed();
+    let cpu_after = process_cpu(pid);
+    let code = &v["data"]["container"]["from"]["withExec"]["exitCode"];
+    ensure!(*code == 0, "withExec answered exitCode {code}: {v}");
+    let mut profile = ExecProfile::parse(&engine.new_log()?);
+    profile.client_us = took.as_micros() as f64;
+    profile.engine_cpu_us = cpu_before
+        .zip(cpu_after)
+        .map(|(b, a)| a.saturating_sub(b).as_micros() as f64);
+    ensure!(
+        profile.fields.contains_key("exec timing"),
+        "the engine logged no \"exec timing\" line for run {tag}: was the exec cached? log:\n{}",
+        engine.log()
+    );
+    Ok((took, profile))
 }
 
 // ---- the engine's own timings ------------------------------------------------------------------

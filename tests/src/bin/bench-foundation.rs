@@ -12,7 +12,7 @@
 //! - `BENCH_STATE_PARENT` (/dev/shm): where the temporary state dirs and sockets go.
 
 use anyhow::{bail, ensure, Context as _, Result};
-use dagger_integration_tests::bench::{describe_fs, env_or, min_med_max, ms};
+use dagger_integration_tests::bench::{describe_fs, engine_bin, env_or, min_med_max, ms, runs};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::{BufRead, BufReader, Write};
@@ -52,24 +52,10 @@ struct Settings {
 }
 
 fn settings() -> Result<Settings> {
-    let engine_bin = match std::env::args_os().nth(1) {
-        Some(p) => PathBuf::from(p),
-        None => match std::env::var_os("DAGGER_ENGINE_BIN") {
-            Some(p) => PathBuf::from(p),
-            None => std::env::current_exe()
-                .context("cannot find this executable's path")?
-                .with_file_name("dagger-engine"),
-        },
-    };
-    ensure!(
-        engine_bin.is_file(),
-        "engine binary {} not found; build it with `cargo build --release -p dagger-engine` and pass its path",
-        engine_bin.display()
-    );
-    let runs: usize = env_or("BENCH_RUNS", 10)?;
+    let engine_bin = engine_bin()?;
+    let runs = runs(10)?;
     let concurrency: usize = env_or("BENCH_CONCURRENCY", 4)?;
     let seconds: f64 = env_or("BENCH_SECONDS", 5.0)?;
-    ensure!(runs >= 1, "BENCH_RUNS must be at least 1");
     ensure!(concurrency >= 1, "BENCH_CONCURRENCY must be at least 1");
     ensure!(
         seconds > 0.0 && seconds <= 3600.0,

@@ -19,25 +19,20 @@
 //! - `BENCH_WARMUP` (1): untimed rounds first (loads the tools' binaries into the page cache).
 //! - `BENCH_TOOLS` (`engine,podman,skopeo`): which tools to run.
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use dagger_integration_tests::bench::{
-    describe_fs, env_or, min_med_max, ms, remove_tree, run_checked, which,
+    children_cpu, containers_env, describe_fs, engine_bin, env_or, layer_sizes, log_fields, mb,
+    median, min_med_max, ms, oci_layout, post_query, process_ticks_cpu, remove_tree, run_checked,
+    runs, state_parent, sync_fs, tools, which, EngineProc, Measured,
 };
 use dagger_integration_tests::registry::{Mode, TestRegistry};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// How long the engine may take to come up.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one pull, by any tool, may take.
 const PULL_TIMEOUT: Duration = Duration::from_secs(300);
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const GOAL_RATIO: f64 = 0.5;
 /// Where skopeo and podman keep their blob-info cache when running as root with no
 /// per-store override. Deleted before every skopeo and podman run.
@@ -92,59 +87,22 @@ struct Settings {
 }
 
 fn settings() -> Result<Settings> {
-    let engine_bin = match std::env::args_os().nth(1) {
-        Some(p) => PathBuf::from(p),
-        None => match std::env::var_os("DAGGER_ENGINE_BIN") {
-            Some(p) => PathBuf::from(p),
-            None => std::env::current_exe()
-                .context("cannot find this executable's path")?
-                .with_file_name("dagger-engine"),
-        },
-    };
-    ensure!(
-        engine_bin.is_file(),
-        "engine binary {} not found; build it with `cargo build --release -p dagger-engine`",
-        engine_bin.display()
-    );
-    let layout = PathBuf::from(
-        std::env::var_os("BENCH_LAYOUT")
-            .context("set BENCH_LAYOUT to the OCI layout to push (bench/pull.sh does)")?,
-    );
-    ensure!(
-        layout.join("index.json").is_file(),
-        "{} is not an OCI layout",
-        layout.display()
-    );
-    let parent = PathBuf::from(std::env::var_os("BENCH_STATE_PARENT").context(
-        "set BENCH_STATE_PARENT to a directory on the filesystem to measure (bench/pull.sh does)",
-    )?);
-    ensure!(
-        parent.is_dir(),
-        "BENCH_STATE_PARENT {} is not a directory",
-        parent.display()
-    );
-    let runs: usize = env_or("BENCH_RUNS", 5)?;
-    ensure!(runs >= 1, "BENCH_RUNS must be at least 1");
-    let warmup: usize = env_or("BENCH_WARMUP", 1)?;
-    let tools = env_or("BENCH_TOOLS", "engine,podman,skopeo".to_string())?
-        .split(',')
-        .map(|t| match t.trim() {
-            "engine" => Ok(Tool::Engine),
-            "podman" => Ok(Tool::Podman),
-            "skopeo" => Ok(Tool::Skopeo),
-            other => bail!("BENCH_TOOLS: unknown tool {other:?} (engine, podman, skopeo)"),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    ensure!(!tools.is_empty(), "BENCH_TOOLS is empty");
     Ok(Settings {
-        engine_bin,
-        layout,
+        engine_bin: engine_bin()?,
+        layout: oci_layout("bench/pull.sh")?,
         tag: env_or("BENCH_TAG", "large".to_string())?,
-        parent,
+        parent: state_parent("bench/pull.sh")?,
         disk: env_or("BENCH_DISK", "loop".to_string())?,
-        runs,
-        warmup,
-        tools,
+        runs: runs(5)?,
+        warmup: env_or("BENCH_WARMUP", 1)?,
+        tools: tools(
+            "engine,podman,skopeo",
+            &[
+                ("engine", Tool::Engine),
+                ("podman", Tool::Podman),
+                ("skopeo", Tool::Skopeo),
+            ],
+        )?,
         skopeo: which("skopeo", "skopeo")?,
         podman: which("podman", "podman")?,
     })
@@ -224,7 +182,7 @@ fn run() -> Result<()> {
         for tool in order {
             let dir = scratch.path().join(format!("{round}-{}", tool.name()));
             std::fs::create_dir_all(&dir)?;
-            sync(&s.parent);
+            sync_fs(&s.parent);
             let took = match tool {
                 Tool::Engine => {
                     let (took, profile, snap) = engine_pull(&s, &dir, &reference, &empty)?;
@@ -322,75 +280,6 @@ fn run() -> Result<()> {
         }
     }
     drop(registry);
-    Ok(())
-}
-
-/// One tool's run: wall time, and the CPU time (user + system) its processes used meanwhile.
-#[derive(Clone, Copy)]
-struct Measured {
-    wall: Duration,
-    cpu: Duration,
-}
-
-/// /proc times are in USER_HZ, which is 100 on Linux.
-fn ticks(t: u64) -> Duration {
-    Duration::from_millis(t * 10)
-}
-
-/// Fields of /proc/<pid>/stat after the command name (the first is field 3, the state).
-fn stat_fields(path: &str) -> Result<Vec<u64>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
-    let rest = text
-        .rsplit_once(')')
-        .with_context(|| format!("bad {path}"))?
-        .1;
-    Ok(rest
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect())
-}
-
-/// CPU time (utime + stime, all threads) of a running process.
-fn process_cpu(pid: u32) -> Result<Duration> {
-    let f = stat_fields(&format!("/proc/{pid}/stat"))?;
-    // utime and stime are fields 14 and 15: indexes 11 and 12 from field 3.
-    Ok(ticks(f[11] + f[12]))
-}
-
-/// CPU time of this process's waited-for children (cutime + cstime), so far.
-fn children_cpu() -> Duration {
-    stat_fields("/proc/self/stat")
-        .map(|f| ticks(f[13] + f[14]))
-        .unwrap_or_default()
-}
-
-fn mb(bytes: u64) -> f64 {
-    bytes as f64 / 1e6
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    min_med_max(&mut v).1
-}
-
-/// Writes back everything dirty on the measured filesystem, so one tool's writeback does not
-/// land in the next one's timing.
-fn sync(dir: &Path) {
-    if let Ok(f) = std::fs::File::open(dir) {
-        let _ = nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f));
-    }
-}
-
-/// Environment that keeps the machine's containers configuration (registries.conf mirrors,
-/// auth files) out of skopeo and podman.
-fn containers_env(cmd: &mut Command, dir: &Path) -> Result<()> {
-    let registries = dir.join("registries.conf");
-    std::fs::write(&registries, "")?;
-    let auth = dir.join("auth.json");
-    std::fs::write(&auth, "{}")?;
-    cmd.env("REGISTRY_AUTH_FILE", auth)
-        .env("CONTAINERS_REGISTRIES_CONF", registries)
-        .env("TMPDIR", dir);
     Ok(())
 }
 
@@ -554,42 +443,25 @@ fn engine_pull(
     reference: &str,
     empty_docker_config: &Path,
 ) -> Result<(Measured, EngineProfile, Option<String>)> {
-    let socket = dir.join("engine.sock");
-    let config = dir.join("empty.toml");
-    std::fs::write(&config, "")?;
-    let log_path = dir.join("engine.log");
-    let log = std::fs::File::create(&log_path)?;
-    let child = Command::new(&s.engine_bin)
-        .arg("--root")
-        .arg(dir.join("state"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--addr")
-        .arg(format!("unix://{}", socket.display()))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .env("DAGGER_ENGINE_LOG", ENGINE_LOG_FILTER)
-        .env("DOCKER_CONFIG", empty_docker_config)
-        .spawn()
-        .with_context(|| format!("cannot start {}", s.engine_bin.display()))?;
-    let mut engine = EngineProc {
-        child: Some(child),
-        log_path,
-    };
-    engine.wait_ready(&socket)?;
+    let mut engine = EngineProc::start(
+        &s.engine_bin,
+        dir,
+        ENGINE_LOG_FILTER,
+        Some(empty_docker_config),
+        &[],
+    )?;
     let body = serde_json::json!({
         "query": format!(r#"{{ container {{ from(address: "{reference}") {{ rootfs {{ entries }} }} }} }}"#)
     })
     .to_string();
-    let pid = engine.child.as_ref().expect("running").id();
-    let cpu = process_cpu(pid)?;
+    let pid = engine.pid();
+    let cpu = process_ticks_cpu(pid)?;
     let started = Instant::now();
-    let (status, answer) = post(&socket, &body, PULL_TIMEOUT)
+    let (status, answer) = post_query(&engine.socket, &body, PULL_TIMEOUT)
         .with_context(|| format!("pull query failed; engine log:\n{}", engine.log()))?;
     let took = Measured {
         wall: started.elapsed(),
-        cpu: process_cpu(pid)?.saturating_sub(cpu),
+        cpu: process_ticks_cpu(pid)?.saturating_sub(cpu),
     };
     ensure!(
         status == 200,
@@ -624,118 +496,6 @@ fn engine_pull(
     Ok((took, profile, snapshotter))
 }
 
-struct EngineProc {
-    child: Option<Child>,
-    log_path: PathBuf,
-}
-
-impl EngineProc {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    fn wait_ready(&mut self, socket: &Path) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let body = r#"{"query":"{ version }"}"#;
-        loop {
-            if let Ok((200, answer)) = post(socket, body, Duration::from_secs(5)) {
-                if answer.contains("version") {
-                    return Ok(());
-                }
-            }
-            if let Some(status) = self.child.as_mut().expect("running").try_wait()? {
-                bail!("engine exited early ({status}); log:\n{}", self.log());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "engine did not answer within {}s; log:\n{}",
-                READY_TIMEOUT.as_secs(),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    fn stop(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                ensure!(
-                    status.success(),
-                    "engine exited with {status} after SIGTERM; log:\n{}",
-                    self.log()
-                );
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("engine did not stop after SIGTERM; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for EngineProc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// One HTTP/1.1 POST /query over the unix socket (`Connection: close`); status and body.
-fn post(socket: &Path, body: &str, timeout: Duration) -> Result<(u16, String)> {
-    let stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    write!(
-        &stream,
-        "POST /query HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut reader = BufReader::new(&stream);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("bad status line {line:?}"))?;
-    let mut length = None;
-    loop {
-        line.clear();
-        reader.read_line(&mut line)?;
-        ensure!(!line.is_empty(), "connection closed inside the headers");
-        let header = line.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("content-length") {
-                length = Some(value.trim().parse::<usize>()?);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    match length {
-        Some(n) => {
-            out.resize(n, 0);
-            reader.read_exact(&mut out)?;
-        }
-        None => {
-            reader.read_to_end(&mut out)?;
-        }
-    }
-    Ok((status, String::from_utf8(out)?))
-}
-
 // ---- the engine's own timings ------------------------------------------------------------------
 
 /// `key=value` fields of the engine's image log lines (see engine/src/image/mod.rs).
@@ -756,17 +516,17 @@ impl EngineProfile {
         let mut p = EngineProfile::default();
         for line in log.lines() {
             if let Some(rest) = after(line, "layer timing") {
-                let f = fields(rest);
+                let f = log_fields(rest);
                 if let Some(i) = f.get("index").and_then(|i| i.parse().ok()) {
                     p.layers.insert(i, f);
                 }
             } else if let Some(rest) = after(line, "blob commit timing") {
-                let f = fields(rest);
+                let f = log_fields(rest);
                 if let Some(d) = f.get("digest") {
                     p.blob_commits.insert(d.clone(), f);
                 }
             } else if let Some(rest) = after(line, "pulled") {
-                p.pulled = Some(fields(rest));
+                p.pulled = Some(log_fields(rest));
             }
         }
         p
@@ -776,13 +536,6 @@ impl EngineProfile {
 fn after<'a>(line: &'a str, message: &str) -> Option<&'a str> {
     let i = line.find(&format!(": {message} "))?;
     Some(&line[i + message.len() + 3..])
-}
-
-fn fields(s: &str) -> Fields {
-    s.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-        .collect()
 }
 
 fn num(f: &Fields, key: &str) -> Option<f64> {
@@ -865,25 +618,9 @@ struct ImageStats {
 
 impl ImageStats {
     fn read(layout: &Path, tag: &str) -> Result<ImageStats> {
-        let index: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
-        let manifest = index["manifests"]
-            .as_array()
-            .context("index.json has no manifests")?
-            .iter()
-            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-            .with_context(|| format!("no tag {tag} in {}", layout.display()))?;
-        let digest = manifest["digest"].as_str().context("manifest digest")?;
-        let hex = digest.strip_prefix("sha256:").context("sha256 digest")?;
-        let m: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex))?)?;
-        let layers = m["layers"]
-            .as_array()
-            .context("manifest has no layers")?
-            .iter()
-            .map(|l| l["size"].as_u64().unwrap_or(0))
-            .collect();
-        Ok(ImageStats { layers })
+        Ok(ImageStats {
+            layers: layer_sizes(layout, tag)?,
+        })
     }
 }
 

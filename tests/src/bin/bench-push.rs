@@ -24,19 +24,20 @@
 //! - `BENCH_WARMUP` (1): untimed rounds first.
 //! - `BENCH_TOOLS` (`engine,skopeo`): which tools to run.
 
-use anyhow::{bail, ensure, Context as _, Result};
-use dagger_integration_tests::bench::{describe_fs, env_or, min_med_max, ms, run_checked, which};
-use dagger_integration_tests::post_unix;
+use anyhow::{ensure, Context as _, Result};
+use dagger_integration_tests::bench::{
+    children_cpu, containers_env, describe_fs, engine_bin, env_or, layer_sizes, log_fields, mb,
+    median, min_med_max, ms, oci_layout, process_ticks_cpu, run_checked, runs, state_parent,
+    sync_fs, tools, which, EngineProc, Measured,
+};
 use dagger_integration_tests::registry::{Mode, TestRegistry};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one query (the untimed pull, a publish) may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(300);
 const GOAL_RATIO: f64 = 1.0;
 /// Where skopeo keeps its blob-info cache when running as root. Deleted before every run.
 const SYSTEM_BLOB_INFO_CACHE: &str = "/var/lib/containers/cache/blob-info-cache-v1.boltdb";
@@ -88,66 +89,20 @@ struct Settings {
 }
 
 fn settings() -> Result<Settings> {
-    let engine_bin = match std::env::args_os().nth(1) {
-        Some(p) => PathBuf::from(p),
-        None => match std::env::var_os("DAGGER_ENGINE_BIN") {
-            Some(p) => PathBuf::from(p),
-            None => std::env::current_exe()
-                .context("cannot find this executable's path")?
-                .with_file_name("dagger-engine"),
-        },
-    };
-    ensure!(
-        engine_bin.is_file(),
-        "engine binary {} not found; build it with `cargo build --release -p dagger-engine`",
-        engine_bin.display()
-    );
-    let layout = PathBuf::from(
-        std::env::var_os("BENCH_LAYOUT")
-            .context("set BENCH_LAYOUT to the OCI layout to push (bench/push.sh does)")?,
-    );
-    ensure!(
-        layout.join("index.json").is_file(),
-        "{} is not an OCI layout",
-        layout.display()
-    );
-    let parent = PathBuf::from(std::env::var_os("BENCH_STATE_PARENT").context(
-        "set BENCH_STATE_PARENT to a directory on the filesystem to measure (bench/push.sh does)",
-    )?);
-    ensure!(
-        parent.is_dir(),
-        "BENCH_STATE_PARENT {} is not a directory",
-        parent.display()
-    );
-    let runs: usize = env_or("BENCH_RUNS", 5)?;
-    ensure!(runs >= 1, "BENCH_RUNS must be at least 1");
-    let tools = env_or("BENCH_TOOLS", "engine,skopeo".to_string())?
-        .split(',')
-        .map(|t| match t.trim() {
-            "engine" => Ok(Tool::Engine),
-            "skopeo" => Ok(Tool::Skopeo),
-            other => bail!("BENCH_TOOLS: unknown tool {other:?} (engine, skopeo)"),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    ensure!(!tools.is_empty(), "BENCH_TOOLS is empty");
     Ok(Settings {
-        engine_bin,
-        layout,
+        engine_bin: engine_bin()?,
+        layout: oci_layout("bench/push.sh")?,
         tag: env_or("BENCH_TAG", "large".to_string())?,
-        parent,
+        parent: state_parent("bench/push.sh")?,
         disk: env_or("BENCH_DISK", "loop".to_string())?,
-        runs,
+        runs: runs(5)?,
         warmup: env_or("BENCH_WARMUP", 1)?,
-        tools,
+        tools: tools(
+            "engine,skopeo",
+            &[("engine", Tool::Engine), ("skopeo", Tool::Skopeo)],
+        )?,
         skopeo: which("skopeo", "skopeo")?,
     })
-}
-
-/// One tool's run: wall time, and the CPU time (user + system) its processes used meanwhile.
-#[derive(Clone, Copy)]
-struct Measured {
-    wall: Duration,
-    cpu: Duration,
 }
 
 fn run() -> Result<()> {
@@ -197,12 +152,14 @@ fn run() -> Result<()> {
         source.addr
     );
 
-    let mut engine = EngineProc::start(&s, scratch.path())?;
+    let mut engine =
+        EngineProc::start(&s.engine_bin, scratch.path(), ENGINE_LOG_FILTER, None, &[])?;
     let source_ref = format!("{}/{SOURCE_REPO}:latest", source.addr);
     let pulled = Instant::now();
-    engine.query(&format!(
-        r#"{{ container {{ from(address: "{source_ref}") {{ sync }} }} }}"#
-    ))?;
+    engine.query(
+        &format!(r#"{{ container {{ from(address: "{source_ref}") {{ sync }} }} }}"#),
+        QUERY_TIMEOUT,
+    )?;
     println!(
         "engine pulled {source_ref} (untimed) in {:.0} ms",
         ms(pulled.elapsed())
@@ -234,7 +191,7 @@ fn run() -> Result<()> {
         for tool in order {
             let repo = format!("bench/{}-{round}", tool.name());
             let dest = format!("{}/{repo}:latest", target.addr);
-            sync(&s.parent);
+            sync_fs(&s.parent);
             let took = match tool {
                 Tool::Engine => {
                     let log_before = engine.log().len();
@@ -245,7 +202,7 @@ fn run() -> Result<()> {
                         .find(|l| l.contains(" pushed "))
                     {
                         if timed {
-                            pushed_lines.push(fields(l));
+                            pushed_lines.push(log_fields(l));
                         }
                     }
                     took
@@ -331,91 +288,6 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-fn mb(bytes: u64) -> f64 {
-    bytes as f64 / 1e6
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    min_med_max(&mut v).1
-}
-
-fn sync(dir: &Path) {
-    if let Ok(f) = std::fs::File::open(dir) {
-        let _ = nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f));
-    }
-}
-
-/// /proc times are in USER_HZ, which is 100 on Linux.
-fn ticks(t: u64) -> Duration {
-    Duration::from_millis(t * 10)
-}
-
-fn stat_fields(path: &str) -> Result<Vec<u64>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
-    let rest = text
-        .rsplit_once(')')
-        .with_context(|| format!("bad {path}"))?
-        .1;
-    Ok(rest
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect())
-}
-
-fn process_cpu(pid: u32) -> Result<Duration> {
-    let f = stat_fields(&format!("/proc/{pid}/stat"))?;
-    Ok(ticks(f[11] + f[12]))
-}
-
-fn children_cpu() -> Duration {
-    stat_fields("/proc/self/stat")
-        .map(|f| ticks(f[13] + f[14]))
-        .unwrap_or_default()
-}
-
-/// `key=value` fields of a log line.
-fn fields(line: &str) -> BTreeMap<String, String> {
-    line.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-        .collect()
-}
-
-/// Compressed layer sizes of the layout's tag.
-fn layer_sizes(layout: &Path, tag: &str) -> Result<Vec<u64>> {
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
-    let manifest = index["manifests"]
-        .as_array()
-        .context("index.json has no manifests")?
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .with_context(|| format!("no tag {tag} in {}", layout.display()))?;
-    let digest = manifest["digest"].as_str().context("manifest digest")?;
-    let hex = digest.strip_prefix("sha256:").context("sha256 digest")?;
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex))?)?;
-    Ok(m["layers"]
-        .as_array()
-        .context("manifest has no layers")?
-        .iter()
-        .map(|l| l["size"].as_u64().unwrap_or(0))
-        .collect())
-}
-
-/// Keeps the machine's containers configuration (registries.conf, auth files) out of skopeo.
-fn containers_env(cmd: &mut Command, dir: &Path) -> Result<()> {
-    let registries = dir.join("registries.conf");
-    std::fs::write(&registries, "")?;
-    let auth = dir.join("auth.json");
-    std::fs::write(&auth, "{}")?;
-    cmd.env("REGISTRY_AUTH_FILE", auth)
-        .env("CONTAINERS_REGISTRIES_CONF", registries)
-        .env("TMPDIR", dir);
-    Ok(())
-}
-
 /// `skopeo copy` of the layout's tag to `dest` (`host/repo:tag`).
 fn skopeo_push(s: &Settings, scratch: &Path, dest: &str) -> Result<Measured> {
     let dir = scratch.join("skopeo");
@@ -459,14 +331,17 @@ fn check_pushed(target: &TestRegistry, repo: &str, layers: usize) -> Result<()> 
 
 fn engine_publish(engine: &mut EngineProc, source: &str, dest: &str) -> Result<Measured> {
     let pid = engine.pid();
-    let cpu = process_cpu(pid)?;
+    let cpu = process_ticks_cpu(pid)?;
     let started = Instant::now();
-    let v = engine.query(&format!(
-        r#"{{ container {{ from(address: "{source}") {{ publish(address: "{dest}") }} }} }}"#
-    ))?;
+    let v = engine.query(
+        &format!(
+            r#"{{ container {{ from(address: "{source}") {{ publish(address: "{dest}") }} }} }}"#
+        ),
+        QUERY_TIMEOUT,
+    )?;
     let took = Measured {
         wall: started.elapsed(),
-        cpu: process_cpu(pid)?.saturating_sub(cpu),
+        cpu: process_ticks_cpu(pid)?.saturating_sub(cpu),
     };
     let result = v["data"]["container"]["from"]["publish"]
         .as_str()
@@ -476,118 +351,4 @@ fn engine_publish(engine: &mut EngineProc, source: &str, dest: &str) -> Result<M
         "publish answered {result:?}"
     );
     Ok(took)
-}
-
-struct EngineProc {
-    child: Option<Child>,
-    socket: PathBuf,
-    log_path: PathBuf,
-}
-
-impl EngineProc {
-    fn start(s: &Settings, dir: &Path) -> Result<EngineProc> {
-        let socket = dir.join("engine.sock");
-        let config = dir.join("empty.toml");
-        std::fs::write(&config, "")?;
-        let docker = dir.join("docker-config");
-        std::fs::create_dir_all(&docker)?;
-        let log_path = dir.join("engine.log");
-        let log = std::fs::File::create(&log_path)?;
-        let child = Command::new(&s.engine_bin)
-            .arg("--root")
-            .arg(dir.join("state"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--addr")
-            .arg(format!("unix://{}", socket.display()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .env("DAGGER_ENGINE_LOG", ENGINE_LOG_FILTER)
-            .env("DOCKER_CONFIG", &docker)
-            .spawn()
-            .with_context(|| format!("cannot start {}", s.engine_bin.display()))?;
-        let mut engine = EngineProc {
-            child: Some(child),
-            socket,
-            log_path,
-        };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok(r) = post_unix(&engine.socket, "/query", r#"{"query":"{ version }"}"#) {
-                if r.status == 200 {
-                    return Ok(engine);
-                }
-            }
-            if let Some(status) = engine.child.as_mut().expect("running").try_wait()? {
-                bail!("engine exited early ({status}); log:\n{}", engine.log());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "engine did not answer; log:\n{}",
-                engine.log()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    fn query(&mut self, query: &str) -> Result<serde_json::Value> {
-        let body = serde_json::json!({ "query": query }).to_string();
-        let r = post_unix(&self.socket, "/query", &body)
-            .with_context(|| format!("query failed; engine log:\n{}", self.log()))?;
-        ensure!(
-            r.status == 200,
-            "HTTP {}: {}\nengine log:\n{}",
-            r.status,
-            r.body,
-            self.log()
-        );
-        let v: serde_json::Value = serde_json::from_str(&r.body).context("answer is not JSON")?;
-        ensure!(
-            v.get("errors").is_none(),
-            "query failed: {v}\nengine log:\n{}",
-            self.log()
-        );
-        Ok(v)
-    }
-
-    fn stop(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                ensure!(
-                    status.success(),
-                    "engine exited with {status} after SIGTERM"
-                );
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("engine did not stop after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for EngineProc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }

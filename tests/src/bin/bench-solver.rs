@@ -4,11 +4,12 @@
 //!
 //! Runs the release engine through the test harness, with a local registry on 127.0.0.1.
 
+use dagger_integration_tests::bench::ms;
 use dagger_integration_tests::images::{self, Format};
 use dagger_integration_tests::registry::{Mode, TestRegistry};
 use dagger_integration_tests::*;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 fn pipeline(image: &str, nonce: &str, volume: &str) -> String {
     // 1 from + 17 config changes + 1 cache mount + 1 exec = 20 operations.
@@ -55,10 +56,6 @@ fn last_server_us(engine: &Engine) -> Option<u64> {
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn main() {
