@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod docker;
+pub mod fixtures;
 pub mod images;
 pub mod oci_build;
 pub mod registry;
@@ -280,11 +281,25 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process
 
 /// Runs the `dagger` CLI with extra environment variables.
 pub fn dagger_cli(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
+    dagger_cli_in(None, args, stdin, env)
+}
+
+/// Runs the `dagger` CLI in `cwd` (this process's when `None`) with extra environment
+/// variables, `stdin` written to it and closed.
+pub fn dagger_cli_in(
+    cwd: Option<&Path>,
+    args: &[&str],
+    stdin: &str,
+    env: &[(&str, &str)],
+) -> Output {
     let mut cmd = Command::new(bin("dagger"));
     cmd.args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

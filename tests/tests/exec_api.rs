@@ -2,8 +2,8 @@
 //! stdin, env, workdir, users, snapshots between execs, networking, entitlements, the sandbox,
 //! cancellation, and cleanup.
 
-use dagger_integration_tests::images::{self, Format};
-use dagger_integration_tests::registry::{Mode, TestRegistry};
+use dagger_integration_tests::fixtures::busybox_engine;
+use dagger_integration_tests::registry::TestRegistry;
 use dagger_integration_tests::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -15,13 +15,7 @@ struct Fixture {
 }
 
 fn fixture(config: &str) -> Fixture {
-    let reg = TestRegistry::start(Mode::Plain);
-    images::push(images::BUSYBOX, &reg, "busybox:1", Format::Oci, None);
-    let engine = Engine::start(EngineOptions {
-        config: Some(config.to_string()),
-        ..Default::default()
-    });
-    let image = format!("{}/busybox:1", reg.addr);
+    let (reg, engine, image) = busybox_engine(config);
     Fixture {
         _reg: reg,
         engine,

@@ -7,28 +7,19 @@ use dagger_integration_tests::sdk::*;
 use dagger_integration_tests::*;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 /// `dagger query` with `document` on stdin, run in `cwd`.
 fn query_in(engine: &Engine, cwd: &Path, document: &str, extra: &[&str]) -> Output {
-    let mut child = Command::new(bin("dagger"))
-        .arg("query")
-        .args(extra)
-        .current_dir(cwd)
-        .env("_EXPERIMENTAL_DAGGER_RUNNER_HOST", engine.runner_host())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(document.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    let mut args = vec!["query"];
+    args.extend(extra);
+    let host = engine.runner_host();
+    dagger_cli_in(
+        Some(cwd),
+        &args,
+        document,
+        &[("_EXPERIMENTAL_DAGGER_RUNNER_HOST", host.as_str())],
+    )
 }
 
 fn ok_json(out: &Output, engine: &Engine) -> serde_json::Value {
@@ -329,28 +320,13 @@ fn exports_travel_over_a_tcp_connection_to_the_engine() {
         ..Default::default()
     });
     let cwd = tempfile::tempdir().unwrap();
-    let mut child = Command::new(bin("dagger"))
-        .args(["query", "--progress=plain"])
-        .current_dir(cwd.path())
-        .env(
-            "_EXPERIMENTAL_DAGGER_RUNNER_HOST",
-            format!("tcp://127.0.0.1:{}", engine.tcp_port.unwrap()),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            br#"{ directory { withNewFile(path: "remote.txt", contents: "over tcp") { export(path: ".") } } }"#,
-        )
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let host = format!("tcp://127.0.0.1:{}", engine.tcp_port.unwrap());
+    let out = dagger_cli_in(
+        Some(cwd.path()),
+        &["query", "--progress=plain"],
+        r#"{ directory { withNewFile(path: "remote.txt", contents: "over tcp") { export(path: ".") } } }"#,
+        &[("_EXPERIMENTAL_DAGGER_RUNNER_HOST", host.as_str())],
+    );
     let v = ok_json(&out, &engine);
     assert_eq!(
         v["directory"]["withNewFile"]["export"],

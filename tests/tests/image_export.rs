@@ -6,9 +6,9 @@
 //! overlayfs and native snapshots.
 
 use dagger_engine::oci::Digest;
-use dagger_integration_tests::images::{self, Format};
+use dagger_integration_tests::fixtures::{busybox_engine, index_platforms, PodmanStore};
 use dagger_integration_tests::oci_build::{tar_of, FileSpec};
-use dagger_integration_tests::registry::{Mode, TestRegistry};
+use dagger_integration_tests::registry::TestRegistry;
 use dagger_integration_tests::*;
 use serde_json::{json, Value};
 
@@ -19,13 +19,8 @@ struct Fixture {
 }
 
 fn fixture(snapshotter: &str) -> Fixture {
-    let reg = TestRegistry::start(Mode::Plain);
-    images::push(images::BUSYBOX, &reg, "busybox:1", Format::Oci, None);
-    let engine = Engine::start(EngineOptions {
-        config: Some(format!("[worker.oci]\nsnapshotter = \"{snapshotter}\"\n")),
-        ..Default::default()
-    });
-    let image = format!("{}/busybox:1", reg.addr);
+    let (reg, engine, image) =
+        busybox_engine(&format!("[worker.oci]\nsnapshotter = \"{snapshotter}\"\n"));
     Fixture {
         _reg: reg,
         engine,
@@ -582,8 +577,9 @@ fn skopeo_and_podman_read_the_tarball() {
     f.file_digest(&tar); // evaluates it
     let path = tarball_on_disk(&f.engine);
 
-    let work = tempfile::tempdir().unwrap();
-    let d = work.path();
+    // A private podman store; its empty registries.conf serves skopeo too.
+    let store = PodmanStore::new(&podman);
+    let d = store.dir.path();
     let out = dagger_integration_tests::registry::run(
         std::process::Command::new(&skopeo)
             .env("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf"))
@@ -600,39 +596,8 @@ fn skopeo_and_podman_read_the_tarball() {
     );
     assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 4);
 
-    // podman load (it reads manifest.json or the layout) and run, in a private store.
-    for sub in ["root", "run", "tmp"] {
-        std::fs::create_dir_all(d.join(sub)).unwrap();
-    }
-    std::fs::write(
-        d.join("containers.conf"),
-        format!(
-            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=4096:4096\"]\n\
-             [engine]\nevents_logger = \"file\"\nevents_logfile_path = \"{}\"\n",
-            d.join("events.log").display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(d.join("registries.conf"), "").unwrap();
-    let podman_cmd = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(&podman);
-        cmd.env("CONTAINERS_CONF", d.join("containers.conf"))
-            .env("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf"))
-            .env("TMPDIR", d.join("tmp"))
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("run"))
-            .args([
-                "--storage-driver",
-                "overlay",
-                "--cgroup-manager",
-                "cgroupfs",
-            ])
-            .args(["--runtime", "runc"])
-            .args(args);
-        cmd
-    };
+    // podman load (it reads manifest.json or the layout) and run, in the private store.
+    let podman_cmd = |args: &[&str]| store.command(args);
     let loaded = dagger_integration_tests::registry::run(&mut podman_cmd(&[
         "load",
         "--quiet",
@@ -679,18 +644,7 @@ fn multi_platform_tarball_imports_per_platform() {
     let root = &index["manifests"][0];
     assert_eq!(root["mediaType"], "application/vnd.oci.image.index.v1+json");
     let inner = f.cat(&tar, &blob_path(root["digest"].as_str().unwrap()));
-    let platforms: Vec<String> = inner["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            format!(
-                "{}/{}",
-                m["platform"]["os"].as_str().unwrap(),
-                m["platform"]["architecture"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let platforms = index_platforms(&inner);
     assert_eq!(platforms.len(), 2);
     assert!(
         platforms.contains(&"linux/arm64".to_string()),

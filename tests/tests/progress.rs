@@ -4,26 +4,15 @@
 
 use dagger_integration_tests::sdk::*;
 use dagger_integration_tests::*;
-use std::io::Write as _;
 use std::process::{Command, Output, Stdio};
 
 fn dagger_query(engine: &Engine, document: &str, progress: &str) -> Output {
-    let mut child = Command::new(bin("dagger"))
-        .arg("query")
-        .arg(format!("--progress={progress}"))
-        .env("_EXPERIMENTAL_DAGGER_RUNNER_HOST", engine.runner_host())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(document.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    let host = engine.runner_host();
+    dagger_cli(
+        &["query", &format!("--progress={progress}")],
+        document,
+        &[("_EXPERIMENTAL_DAGGER_RUNNER_HOST", host.as_str())],
+    )
 }
 
 fn text(b: &[u8]) -> String {

@@ -9,6 +9,9 @@ use dagger_engine::registry::{
     BlobOutcome, Credentials, PushBlob, PushManifest, PushOptions, RegistryClient, RegistryError,
     RegistryOptions,
 };
+use dagger_integration_tests::fixtures::{
+    base64, docker_config, index_platforms, registry_toml, PodmanStore,
+};
 use dagger_integration_tests::images::{self, Format};
 use dagger_integration_tests::registry::{
     require_binary, run, FakeRegistry, FakeRequest, FakeResponse, Mode, TestRegistry, PASS, USER,
@@ -578,45 +581,12 @@ async fn manifest_errors_show_the_registry_message_and_digests_are_checked() {
 
 // ---- Container.publish end to end ----
 
-/// engine.toml lines that make the engine trust `reg`.
-fn registry_toml(reg: &TestRegistry) -> String {
-    match &reg.ca {
-        Some(ca) => format!(
-            "[registry.\"{}\"]\nhttp = false\nca = [\"{}\"]\n",
-            reg.addr,
-            ca.display()
-        ),
-        None => String::new(),
-    }
-}
-
-/// Standard base64 (padded), so the tests need no extra crate.
-fn base64(s: &str) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in s.as_bytes().chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, &x)| acc | (x as u32) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// A fresh engine that trusts `reg` and holds `creds` for `host` (a DOCKER_CONFIG).
 fn engine_with(reg: &TestRegistry, host: &str, creds: Option<(&str, &str)>) -> Engine {
     let dir = tempfile::tempdir().unwrap().keep().join("docker");
     std::fs::create_dir_all(&dir).unwrap();
     if let Some((u, p)) = creds {
-        let cfg = serde_json::json!({ "auths": { host: { "auth": base64(&format!("{u}:{p}")) } } });
-        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+        docker_config(&dir, host, u, p);
     }
     Engine::start(EngineOptions {
         config: Some(registry_toml(reg)),
@@ -738,44 +708,9 @@ fn publish_runs_under_podman() {
     ));
     let result = published(&data);
 
-    // A private podman store and configuration; the ulimits this machine needs
-    // (shared/reference/test-environment.md §4).
-    let dir = tempfile::Builder::new().prefix("pm-").tempdir().unwrap();
-    let d = dir.path();
-    for sub in ["root", "run", "tmp"] {
-        std::fs::create_dir_all(d.join(sub)).unwrap();
-    }
-    std::fs::write(
-        d.join("containers.conf"),
-        format!(
-            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=4096:4096\"]\n\
-             [engine]\nevents_logger = \"file\"\nevents_logfile_path = \"{}\"\n",
-            d.join("events.log").display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(d.join("registries.conf"), "").unwrap();
-    std::fs::write(d.join("auth.json"), "{}").unwrap();
-    let podman_cmd = |args: &[&str]| {
-        let mut cmd = Command::new(&podman);
-        cmd.env("CONTAINERS_CONF", d.join("containers.conf"))
-            .env("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf"))
-            .env("REGISTRY_AUTH_FILE", d.join("auth.json"))
-            .env("TMPDIR", d.join("tmp"))
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("run"))
-            .args([
-                "--storage-driver",
-                "overlay",
-                "--cgroup-manager",
-                "cgroupfs",
-            ])
-            .args(["--runtime", "runc"])
-            .args(args);
-        cmd
-    };
+    // A private podman store and configuration.
+    let store = PodmanStore::new(&podman);
+    let podman_cmd = |args: &[&str]| store.command(args);
     run(&mut podman_cmd(&[
         "pull",
         "--quiet",
@@ -825,18 +760,7 @@ fn multi_platform_docker_media_types_and_zstd() {
     );
     let raw = skopeo_inspect(&reg, "out/multi:1", &["--raw"]);
     assert_eq!(raw["mediaType"], "application/vnd.oci.image.index.v1+json");
-    let mut platforms: Vec<String> = raw["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            format!(
-                "{}/{}",
-                m["platform"]["os"].as_str().unwrap(),
-                m["platform"]["architecture"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let mut platforms = index_platforms(&raw);
     platforms.sort();
     assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
     let arm_cfg = skopeo_inspect(
@@ -1085,8 +1009,8 @@ fn publish_auth_failure_names_the_repository_not_the_password() {
         let target = TestRegistry::start(mode);
         let dir = tempfile::tempdir().unwrap();
         let cfg = serde_json::json!({ "auths": {
-            reg.addr.as_str(): { "auth": base64(&format!("{USER}:{PASS}")) },
-            target.addr.as_str(): { "auth": base64(&format!("{USER}:{secret}")) },
+            reg.addr.as_str(): { "auth": base64(format!("{USER}:{PASS}").as_bytes()) },
+            target.addr.as_str(): { "auth": base64(format!("{USER}:{secret}").as_bytes()) },
         } });
         std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
         let toml = format!("{}{}", registry_toml(&reg), registry_toml(&target));

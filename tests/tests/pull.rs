@@ -3,6 +3,7 @@
 //! cannot misbehave (wrong bytes, slow bodies), and survives kill -9 mid-pull.
 
 use dagger_engine::metadata::{Metadata, DB_FILE};
+use dagger_integration_tests::fixtures::{docker_config, registry_toml};
 use dagger_integration_tests::images::{self, Format};
 use dagger_integration_tests::oci_build::{FileSpec, TestImage};
 use dagger_integration_tests::registry::{FakeRegistry, Mode, TestRegistry};
@@ -10,51 +11,6 @@ use dagger_integration_tests::*;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// engine.toml lines that make the engine trust `reg`.
-fn registry_toml(reg: &TestRegistry) -> String {
-    match &reg.ca {
-        Some(ca) => format!(
-            "[registry.\"{}\"]\nhttp = false\nca = [\"{}\"]\n",
-            reg.addr,
-            ca.display()
-        ),
-        None => String::new(),
-    }
-}
-
-/// A DOCKER_CONFIG directory with credentials for `reg` (user, password).
-fn docker_config(dir: &Path, host: &str, user: &str, pass: &str) -> String {
-    use base64_lite::encode;
-    let cfg =
-        serde_json::json!({ "auths": { host: { "auth": encode(&format!("{user}:{pass}")) } } });
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-    dir.display().to_string()
-}
-
-/// Minimal base64 (standard alphabet, padded), so the tests need no extra crate.
-mod base64_lite {
-    pub fn encode(s: &str) -> String {
-        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let b = s.as_bytes();
-        let mut out = String::new();
-        for chunk in b.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |acc, (i, &x)| acc | (x as u32) << (16 - 8 * i));
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-}
 
 fn engine_for(reg: &TestRegistry, extra_toml: &str) -> Engine {
     let dir = tempfile::tempdir().unwrap().keep();
