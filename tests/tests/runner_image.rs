@@ -14,6 +14,7 @@
 //! [`docker::ENGINE_RUN_FLAGS`] instead, as docs/runner.md tells such hosts to.
 
 use dagger_integration_tests::docker::{self, Dockerd};
+use dagger_integration_tests::fixtures::base64;
 use dagger_integration_tests::images::{self, Format};
 use dagger_integration_tests::registry::{require_binary, run, Mode, TestRegistry};
 use dagger_integration_tests::{bin, require_root, wait_timeout, Engine, EngineOptions};
@@ -208,34 +209,12 @@ fn runner_image_end_to_end() {
     ] {
         let mut args = vec!["exec", "-i", "rt-engine-a"];
         args.extend(cmd);
-        let mut child = d
-            .command()
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let body = r#"{"query":"{ version }"}"#;
-        let req = format!(
-            "POST /query HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let mut stdin = child.stdin.take().unwrap();
-        std::io::Write::write_all(&mut stdin, req.as_bytes()).unwrap();
         // stdin stays open: the engine closes the connection after the answer (Connection:
         // close), and dial-stdio must return then.
-        assert!(
-            wait_timeout(&mut child, Duration::from_secs(60)).is_some(),
-            "{cmd:?} did not exit after the engine closed the connection"
-        );
-        drop(stdin);
-        let out = child.wait_with_output().unwrap();
-        let answer = text(&out.stdout);
+        let (_, answer, stderr) = through_dial_stdio(d.command().args(&args));
         assert!(
             answer.starts_with("HTTP/1.1 200") && answer.contains(r#""version":"v"#),
-            "{cmd:?}: {answer}\n{}",
-            text(&out.stderr)
+            "{cmd:?}: {answer}\n{stderr}"
         );
     }
 
@@ -616,7 +595,7 @@ fn session_through(env: &[(&str, &str)]) {
     let token = hello["session_token"].as_str().unwrap();
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
     let body = r#"{"query":"{ version }"}"#;
-    let auth = base64_encode(format!("{token}:").as_bytes());
+    let auth = base64(format!("{token}:").as_bytes());
     write!(
         conn,
         "POST /query HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -632,27 +611,6 @@ fn session_through(env: &[(&str, &str)]) {
     drop(child.stdin.take());
     let status = wait_timeout(&mut child, Duration::from_secs(60)).expect("session did not exit");
     assert!(status.success(), "dagger session exited with {status}");
-}
-
-fn base64_encode(data: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// Sends one `{ version }` request through `cmd` (a dial-stdio) with stdin left open, and
