@@ -537,7 +537,10 @@ fn private_repo_with_http_auth_token_and_header_secrets() {
     };
 
     // Token with a user name, token with the default user name, and a whole header.
-    let header = secret_id(&format!("Basic {}", base64_of(&format!("{USER}:{TOKEN}"))));
+    let header = secret_id(&format!(
+        "Basic {}",
+        dagger_integration_tests::fixtures::base64(format!("{USER}:{TOKEN}").as_bytes())
+    ));
     for (port, args) in [
         (
             named.port,
@@ -590,19 +593,9 @@ fn private_repo_with_http_auth_token_and_header_secrets() {
     for secret in [TOKEN, WRONG] {
         assert!(!log.contains(secret), "{secret} in the engine log");
     }
-    assert!(!log.contains(&base64_of(&format!("{USER}:{TOKEN}"))));
-}
-
-fn base64_of(s: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new("base64")
-        .arg("-w0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    assert!(!log.contains(&dagger_integration_tests::fixtures::base64(
+        format!("{USER}:{TOKEN}").as_bytes()
+    )));
 }
 
 #[test]

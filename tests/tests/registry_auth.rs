@@ -10,25 +10,13 @@ use dagger_integration_tests::registry::{require_binary, run, Mode, TestRegistry
 use dagger_integration_tests::{Engine, EngineOptions};
 use std::process::Command;
 
-/// engine.toml lines that make the engine trust `reg` (its CA in TLS modes).
-fn registry_toml(reg: &TestRegistry) -> String {
-    match &reg.ca {
-        Some(ca) => format!(
-            "[registry.\"{}\"]\nhttp = false\nca = [\"{}\"]\n",
-            reg.addr,
-            ca.display()
-        ),
-        None => String::new(),
-    }
-}
-
 /// An engine that trusts `reg` and has no registry credentials at all: DOCKER_CONFIG is an
 /// empty directory, so neither the machine's nor root's docker config is read.
 fn engine_without_credentials(reg: &TestRegistry) -> Engine {
     let dir = tempfile::tempdir().unwrap().keep().join("docker");
     std::fs::create_dir_all(&dir).unwrap();
     Engine::start(EngineOptions {
-        config: Some(registry_toml(reg)),
+        config: Some(dagger_integration_tests::fixtures::registry_toml(reg)),
         env: vec![("DOCKER_CONFIG".into(), dir.display().to_string())],
         ..Default::default()
     })

@@ -139,11 +139,8 @@ fn scan_tls_dir(dir: &Path) -> Result<TlsDir, String> {
 /// Unusable files are logged and skipped: this directory applies to every registry, and one
 /// bad file must not break pulls from all of them.
 fn load_ca_dir(dir: &Path) -> Vec<Certificate> {
-    let mut files = Vec::new();
-    collect_ca_files(dir, 0, &mut files);
-    files.sort();
     let mut out = Vec::new();
-    for path in files {
+    for path in crate::util::ca_files(dir) {
         match read_certs(&path).and_then(|certs| {
             // Building a throwaway client is the only way to learn that rustls accepts them.
             let mut b = Client::builder().tls_built_in_root_certs(false);
@@ -159,26 +156,6 @@ fn load_ca_dir(dir: &Path) -> Vec<Certificate> {
         }
     }
     out
-}
-
-fn collect_ca_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-    if depth > 4 {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            collect_ca_files(&path, depth + 1, out);
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("crt") | Some("pem")
-        ) {
-            out.push(path);
-        }
-    }
 }
 
 #[cfg(test)]
