@@ -36,7 +36,13 @@ if [[ -f /run/dagger/engine.pid ]]; then
   if [[ $(cat "/proc/$pid/comm" 2>/dev/null) == dagger-engine ]]; then
     echo "setup: stopping the engine started earlier (pid $pid)"
     kill -TERM "$pid"
-    for _ in $(seq 1 200); do [[ -e /run/dagger/engine.sock ]] || break; sleep 0.05; done
+    # Until the process is gone: it holds the state directory's lock after its socket closes
+    # (running requests get a grace period), and a new engine cannot start before that.
+    for _ in $(seq 1 600); do [[ -e /proc/$pid ]] || break; sleep 0.05; done
+    if [[ -e /proc/$pid ]]; then
+      echo "setup: the engine (pid $pid) did not stop within 30 s" >&2
+      exit 1
+    fi
   fi
 fi
 
