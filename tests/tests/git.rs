@@ -1073,3 +1073,34 @@ fn ssh_url_through_the_clients_agent_socket() {
         "an unknown host key must fail: {msg}"
     );
 }
+
+#[test]
+fn git_work_shows_in_progress() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("srv");
+    std::fs::create_dir_all(&root).unwrap();
+    let repo = make_repo(tmp.path(), &root);
+    let daemon = git_daemon(&root);
+    let engine = Engine::start(EngineOptions::default());
+    let url = format!("git://127.0.0.1:{}/repo.git", daemon.port);
+    let query = format!(
+        r#"{{ git(url: {}) {{ head {{ tree {{ entries }} }} }} }}"#,
+        lit(&url)
+    );
+    let run = || {
+        dagger_integration_tests::dagger_cli(
+            &["query", "--progress=plain"],
+            &query,
+            &[("_EXPERIMENTAL_DAGGER_RUNNER_HOST", &engine.runner_host())],
+        )
+    };
+    let out = run();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("git ls-remote {url} DONE")), "{err}");
+    let tree = format!("git tree {url} {}", &repo.c2[..12]);
+    assert!(err.contains(&format!("{tree} DONE")), "{err}");
+    // The same tree again is served from the engine's cache, and says so.
+    let err = String::from_utf8_lossy(&run().stderr).into_owned();
+    assert!(err.contains(&format!("{tree} CACHED")), "{err}");
+}

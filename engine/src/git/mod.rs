@@ -242,6 +242,13 @@ impl GitService {
 
     /// Lists the remote's refs (`git ls-remote --symref`).
     pub async fn ls_remote(&self, remote: &GitRemote) -> Result<RemoteRefs, GitError> {
+        let op = crate::progress::start(&format!("git ls-remote {}", remote.url.display()), None);
+        let result = self.ls_remote_inner(remote).await;
+        op.finish(&result);
+        result
+    }
+
+    async fn ls_remote_inner(&self, remote: &GitRemote) -> Result<RemoteRefs, GitError> {
         let known_hosts = KnownHosts::write(&self.inner.tmp, &remote.known_hosts)?;
         let ctx = RemoteCtx {
             url: Some(&remote.url),
@@ -292,13 +299,22 @@ impl GitService {
             depth,
             name: if keep_git_dir { r.name.clone() } else { None },
         };
+        let what = format!(
+            "git tree {} {}",
+            remote.url.display(),
+            &r.sha[..12.min(r.sha.len())]
+        );
         if let Some(id) = self.inner.cached(&key).map_err(Arc::new)? {
             tracing::debug!("git tree {} of {}: cached", r.sha, remote.url.display());
+            crate::progress::cached(&what, None);
             return Ok(id);
         }
+        // The URL as shown is credential-free (`GitUrl::display`).
+        let op = crate::progress::start(&what, None);
         let inner = self.inner.clone();
         let (remote, r) = (remote.clone(), r.clone());
-        self.inner
+        let result = self
+            .inner
             .flights
             .run(key.clone(), move || async move {
                 // Detached: a client that goes away must not kill git halfway through a fetch
@@ -330,7 +346,9 @@ impl GitService {
                     )))),
                 }
             })
-            .await
+            .await;
+        op.finish(&result);
+        result
     }
 }
 
