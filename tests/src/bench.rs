@@ -126,6 +126,12 @@ pub fn min_med_max(v: &mut [f64]) -> (f64, f64, f64) {
 
 pub fn run_checked(cmd: &mut Command, what: &str) -> Result<std::process::Output> {
     let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
+    check_output(&out, what)?;
+    Ok(out)
+}
+
+/// Fails, with both outputs, unless `out` is a successful exit.
+pub fn check_output(out: &std::process::Output, what: &str) -> Result<()> {
     ensure!(
         out.status.success(),
         "{what} failed ({}):\n{}{}",
@@ -133,7 +139,7 @@ pub fn run_checked(cmd: &mut Command, what: &str) -> Result<std::process::Output
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(out)
+    Ok(())
 }
 
 /// Unmounts whatever is still mounted under `dir`, then deletes it.

@@ -23,8 +23,8 @@
 
 use anyhow::{ensure, Context as _, Result};
 use dagger_integration_tests::bench::{
-    describe_fs, engine_bin, env_or, ms, remove_tree, run_checked, runs, stat_fields, state_parent,
-    tools, unescape_mount, which, EngineProc,
+    check_output, describe_fs, engine_bin, env_or, ms, remove_tree, run_checked, runs, stat_fields,
+    state_parent, tools, unescape_mount, which, EngineProc,
 };
 use dagger_integration_tests::images::{self, Format};
 use dagger_integration_tests::registry::{Mode, TestRegistry};
@@ -478,13 +478,7 @@ fn timed(cmd: &mut Command, what: &str) -> Result<Duration> {
     let started = Instant::now();
     let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
     let took = started.elapsed();
-    ensure!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    check_output(&out, what)?;
     Ok(took)
 }
 
