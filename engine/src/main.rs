@@ -333,18 +333,17 @@ async fn start_execution(
         .with_context(|| format!("--network-cidr {:?} is not an IPv4 CIDR", net.cidr))?;
     opts.dns = config.dns.clone();
     let network = Network::setup(opts).await?;
-    let executor =
-        Executor::new(ExecutorOptions::from_config(config, state.executor_dir())).await?;
-    let extra_cas = dagger_engine::exec::cacerts::load_dir(std::path::Path::new(
+    let mut exec_opts = ExecutorOptions::from_config(config, state.executor_dir());
+    exec_opts.extra_ca_certs = dagger_engine::exec::cacerts::load_dir(std::path::Path::new(
         dagger_engine::registry::DEFAULT_EXTRA_CA_DIR,
     ));
-    if !extra_cas.is_empty() {
+    if !exec_opts.extra_ca_certs.is_empty() {
         tracing::info!(
             "adding the CA certificates of {} to exec containers' CA bundles",
             dagger_engine::registry::DEFAULT_EXTRA_CA_DIR
         );
-        executor.set_extra_ca_certs(extra_cas);
     }
+    let executor = Executor::new(exec_opts).await?;
     Ok(Execution { executor, network })
 }
 

@@ -51,6 +51,7 @@ fn options(state: PathBuf) -> ExecutorOptions {
         allow_insecure: false,
         init: None,
         allow_old_runc: false,
+        extra_ca_certs: Vec::new(),
     }
 }
 

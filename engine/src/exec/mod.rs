@@ -75,6 +75,10 @@ pub struct ExecutorOptions {
     pub init: Option<PathBuf>,
     /// Start even with a runc that is vulnerable to CVE-2024-21626 (tests of old hosts only).
     pub allow_old_runc: bool,
+    /// Extra CA certificates (PEM, the engine's `/usr/local/share/ca-certificates`, read once
+    /// at start-up) added to the CA bundle of every exec whose rootfs has one ([`cacerts`]).
+    /// Empty: none.
+    pub extra_ca_certs: Vec<u8>,
 }
 
 impl ExecutorOptions {
@@ -87,6 +91,7 @@ impl ExecutorOptions {
             allow_insecure: config.allows(crate::config::Entitlement::SecurityInsecure),
             init: None,
             allow_old_runc: false,
+            extra_ca_certs: Vec::new(),
         }
     }
 }
@@ -280,7 +285,7 @@ struct Inner {
     prefix: String,
     execs: AtomicU64,
     /// Extra CA certificates (PEM) added to each exec's CA bundle; see [`cacerts`].
-    extra_cas: std::sync::OnceLock<Vec<u8>>,
+    extra_cas: Vec<u8>,
 }
 
 static EXECUTOR_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -379,18 +384,11 @@ impl Executor {
                     EXECUTOR_COUNTER.fetch_add(1, Ordering::Relaxed)
                 ),
                 execs: AtomicU64::new(0),
-                extra_cas: std::sync::OnceLock::new(),
+                extra_cas: opts.extra_ca_certs,
             }),
         };
         executor.sweep().await;
         Ok(executor)
-    }
-
-    /// Adds these PEM certificates (the engine's `/usr/local/share/ca-certificates`) to the
-    /// CA bundle of every exec whose rootfs has one ([`cacerts`]). Set once; later calls are
-    /// ignored.
-    pub fn set_extra_ca_certs(&self, pem: Vec<u8>) {
-        let _ = self.inner.extra_cas.set(pem);
     }
 
     /// The runc version in use, as `runc --version` prints it.
@@ -502,9 +500,9 @@ impl Executor {
         let bundle = inner.bundles.join(id);
         std::fs::create_dir(&bundle).map_err(io_err("creating bundle", &bundle))?;
         cleanup.bundle = Some(bundle.clone());
-        if let Some(extra) = inner.extra_cas.get().filter(|c| !c.is_empty()) {
+        if !inner.extra_cas.is_empty() {
             // First, so that the request's own mounts at the same paths win.
-            let ca_mounts = cacerts::bundle_mounts(&req.rootfs, extra, &bundle);
+            let ca_mounts = cacerts::bundle_mounts(&req.rootfs, &inner.extra_cas, &bundle);
             req.extra_mounts.splice(0..0, ca_mounts);
         }
 
