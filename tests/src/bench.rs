@@ -493,19 +493,25 @@ impl EngineProc {
 
 impl Drop for EngineProc {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + ENGINE_STOP_TIMEOUT;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            terminate_quietly(child, ENGINE_STOP_TIMEOUT, Duration::from_millis(10));
         }
     }
+}
+
+/// For `Drop`: SIGTERM `child`, check every `poll` for up to `timeout` whether it exited, then
+/// SIGKILL it and reap it. Errors are ignored.
+pub fn terminate_quietly(mut child: Child, timeout: Duration, poll: Duration) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(poll);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// One HTTP/1.1 POST /query over the unix socket (`Connection: close`); status and body.

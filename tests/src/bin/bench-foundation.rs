@@ -12,7 +12,9 @@
 //! - `BENCH_STATE_PARENT` (/dev/shm): where the temporary state dirs and sockets go.
 
 use anyhow::{bail, ensure, Context as _, Result};
-use dagger_integration_tests::bench::{describe_fs, engine_bin, env_or, min_med_max, ms, runs};
+use dagger_integration_tests::bench::{
+    describe_fs, engine_bin, env_or, min_med_max, ms, runs, terminate_quietly,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::{BufRead, BufReader, Write};
@@ -333,17 +335,8 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            terminate_quietly(child, STOP_TIMEOUT, Duration::from_millis(5));
         }
     }
 }
