@@ -328,6 +328,22 @@ fn upload_url(
     Ok(url)
 }
 
+/// `RegistryError::Rejected` for `resp`: its status and the registry's error message.
+async fn rejected(
+    ep: &Endpoint,
+    repo: &str,
+    what: String,
+    resp: reqwest::Response,
+) -> RegistryError {
+    RegistryError::Rejected {
+        host: ep.host.clone(),
+        repository: repo.to_string(),
+        what,
+        status: resp.status().as_u16(),
+        message: error_message(resp).await,
+    }
+}
+
 /// The registry's error document (`{"errors":[{"code","message","detail"}]}`) as one line,
 /// or the start of the body when it is not one.
 async fn error_message(resp: reqwest::Response) -> String {
@@ -493,16 +509,9 @@ impl Inner {
                     tracing::debug!(blob = %blob_ref, from = ?source, "mount refused; uploading");
                 }
             }
-            s => {
-                let status = s.as_u16();
-                let message = error_message(resp).await;
-                return Err(RegistryError::Rejected {
-                    host: ep.host.clone(),
-                    repository: repo.to_string(),
-                    what: format!("the upload of blob {}", blob.digest),
-                    status,
-                    message,
-                });
+            _ => {
+                let what = format!("the upload of blob {}", blob.digest);
+                return Err(rejected(ep, repo, what, resp).await);
             }
         }
         let min_chunk = resp
@@ -648,13 +657,7 @@ impl Inner {
                 status,
             };
         }
-        RegistryError::Rejected {
-            host: ep.host.clone(),
-            repository: repo.to_string(),
-            what: format!("blob {}", blob.digest),
-            status,
-            message: error_message(resp).await,
-        }
+        rejected(ep, repo, format!("blob {}", blob.digest), resp).await
     }
 
     /// PUTs a manifest under `reference` (a tag or its digest) and checks the digest the
@@ -696,17 +699,10 @@ impl Inner {
         let shown = format!("{}/{repo}:{reference}", ep.host);
         match resp.status() {
             StatusCode::CREATED | StatusCode::OK | StatusCode::ACCEPTED => {}
-            s => {
-                let status = s.as_u16();
-                let message = error_message(resp).await;
+            _ => {
+                let e = rejected(ep, repo, format!("manifest {}", m.digest), resp).await;
                 drop(permit);
-                return Err(RegistryError::Rejected {
-                    host: ep.host.clone(),
-                    repository: repo.to_string(),
-                    what: format!("manifest {}", m.digest),
-                    status,
-                    message,
-                });
+                return Err(e);
             }
         }
         let header = resp
