@@ -26,8 +26,10 @@ struct GroupEntry<'a> {
     members: Vec<&'a str>,
 }
 
-/// Lines that don't parse are skipped (runc would read their ids as 0: never a good idea).
-fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
+/// The name and the fields after the password of each `name:password:...` line of an
+/// `/etc/passwd` or `/etc/group` file; blank lines, comments and lines without a password
+/// field are skipped.
+fn records(text: &str) -> impl Iterator<Item = (&str, std::str::Split<'_, char>)> {
     text.lines().filter_map(|line| {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -36,6 +38,13 @@ fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
         let mut f = line.split(':');
         let name = f.next()?;
         let _password = f.next()?;
+        Some((name, f))
+    })
+}
+
+/// Lines that don't parse are skipped (runc would read their ids as 0: never a good idea).
+fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
+    records(text).filter_map(|(name, mut f)| {
         let uid = f.next()?.parse().ok()?;
         let gid = f.next()?.parse().ok()?;
         Some(PasswdEntry { name, uid, gid })
@@ -43,14 +52,7 @@ fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
 }
 
 fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry<'_>> {
-    text.lines().filter_map(|line| {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            return None;
-        }
-        let mut f = line.split(':');
-        let name = f.next()?;
-        let _password = f.next()?;
+    records(text).filter_map(|(name, mut f)| {
         let gid = f.next()?.parse().ok()?;
         let members = f
             .next()
