@@ -74,6 +74,12 @@ fn build() -> PathBuf {
     dir.join("oci")
 }
 
+/// Pushes the busybox image, as OCI, to `registry` as `dest` (`repo:tag`) with the registry's
+/// own credentials. Returns the pushed manifest's digest.
+pub fn push_busybox(registry: &TestRegistry, dest: &str) -> String {
+    push(BUSYBOX, registry, dest, Format::Oci, registry.creds())
+}
+
 /// Pushes layout tag `tag` to `registry` as `dest` (`repo:tag`) with skopeo, with the
 /// registry's CA and, when given, `creds`. Returns the pushed manifest's digest.
 pub fn push(

@@ -214,13 +214,7 @@ async fn push_client_every_auth_mode_monolithic_and_chunked() {
 async fn push_client_mounts_from_a_source_repository() {
     for mode in [Mode::Plain, Mode::Token] {
         let reg = TestRegistry::start(mode);
-        images::push(
-            images::BUSYBOX,
-            &reg,
-            "src/busybox:1",
-            Format::Oci,
-            reg.creds(),
-        );
+        images::push_busybox(&reg, "src/busybox:1");
         let client = client_for(&reg, reg.credentials(), PushOptions::default());
         let mut image = layout_image(images::BUSYBOX);
         for b in &mut image.blobs {
@@ -640,13 +634,7 @@ fn check_with_fresh_engine(reg: &TestRegistry, reference: &str) {
 fn publish_to_every_registry_mode_then_inspect_and_run_elsewhere() {
     for mode in [Mode::Plain, Mode::Tls, Mode::Basic, Mode::Token] {
         let reg = TestRegistry::start(mode);
-        images::push(
-            images::BUSYBOX,
-            &reg,
-            "base/busybox:1",
-            Format::Oci,
-            reg.creds(),
-        );
+        images::push_busybox(&reg, "base/busybox:1");
         let engine = engine_for(&reg);
         let base = format!("{}/base/busybox:1", reg.addr);
         let address = format!("{}/out/app:v1", reg.addr);
@@ -997,13 +985,7 @@ fn publish_auth_failure_names_the_repository_not_the_password() {
     let secret = "wrong-password-5d1b7";
     for mode in [Mode::Basic, Mode::Token] {
         let reg = TestRegistry::start(mode);
-        images::push(
-            images::BUSYBOX,
-            &reg,
-            "base/busybox:1",
-            Format::Oci,
-            reg.creds(),
-        );
+        images::push_busybox(&reg, "base/busybox:1");
         // Right credentials to pull the base, wrong ones to push: one host, so the push
         // goes to a second registry whose credentials are wrong.
         let target = TestRegistry::start(mode);

@@ -73,13 +73,7 @@ fn pull_by_tag_and_digest_through_every_auth_mode() {
         Mode::Token,
     ] {
         let reg = TestRegistry::start(mode);
-        let digest = images::push(
-            images::BUSYBOX,
-            &reg,
-            "lib/busybox:1",
-            Format::Oci,
-            reg.creds(),
-        );
+        let digest = images::push_busybox(&reg, "lib/busybox:1");
         let engine = engine_for(&reg, "");
         let by_tag = format!("{}/lib/busybox:1", reg.addr);
         let data = engine.query_ok(&format!(
@@ -102,13 +96,7 @@ fn pull_by_tag_and_digest_through_every_auth_mode() {
 fn wrong_credentials_fail_clearly_without_leaking_them() {
     for mode in [Mode::Basic, Mode::Token] {
         let reg = TestRegistry::start(mode);
-        images::push(
-            images::BUSYBOX,
-            &reg,
-            "private/busybox:1",
-            Format::Oci,
-            reg.creds(),
-        );
+        images::push_busybox(&reg, "private/busybox:1");
         let dir = tempfile::tempdir().unwrap();
         let secret = "not-the-password-7f3a9";
         let engine = Engine::start(EngineOptions {

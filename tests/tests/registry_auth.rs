@@ -5,7 +5,7 @@
 //! serve another request; the password never shows in IDs, errors or the engine log; and the
 //! real Python SDK.
 
-use dagger_integration_tests::images::{self, Format};
+use dagger_integration_tests::images;
 use dagger_integration_tests::registry::{require_binary, run, Mode, TestRegistry, PASS, USER};
 use dagger_integration_tests::{Engine, EngineOptions};
 use std::process::Command;
@@ -77,13 +77,7 @@ fn id_json(id: &str) -> String {
 #[test]
 fn basic_auth_from_and_publish_with_credentials_given_by_the_request_only() {
     let reg = TestRegistry::start(Mode::Basic);
-    images::push(
-        images::BUSYBOX,
-        &reg,
-        "private/busybox:1",
-        Format::Oci,
-        reg.creds(),
-    );
+    images::push_busybox(&reg, "private/busybox:1");
     let engine = engine_without_credentials(&reg);
     let image = format!("{}/private/busybox:1", reg.addr);
     let pw = secret(&engine, "registry-password", PASS);
@@ -124,13 +118,7 @@ fn basic_auth_from_and_publish_with_credentials_given_by_the_request_only() {
 
     // 2b. An authenticated and an anonymous pull of the same (new) tag at the same time:
     //     they never share one flight, so only the authenticated one gets the image.
-    images::push(
-        images::BUSYBOX,
-        &reg,
-        "private/busybox:2",
-        Format::Oci,
-        reg.creds(),
-    );
+    images::push_busybox(&reg, "private/busybox:2");
     let image2 = format!("{}/private/busybox:2", reg.addr);
     let (with_auth, anonymous) = std::thread::scope(|s| {
         let a = s.spawn(|| {
@@ -257,13 +245,7 @@ fn basic_auth_from_and_publish_with_credentials_given_by_the_request_only() {
 fn token_registry_push_tokens_stay_with_the_credentials_that_earned_them() {
     // The token server gives anonymous clients pull access only, and testuser everything.
     let reg = TestRegistry::start(Mode::Token);
-    images::push(
-        images::BUSYBOX,
-        &reg,
-        "base/busybox:1",
-        Format::Oci,
-        reg.creds(),
-    );
+    images::push_busybox(&reg, "base/busybox:1");
     let engine = engine_without_credentials(&reg);
     let base = format!("{}/base/busybox:1", reg.addr);
     let pw = secret(&engine, "token-password", PASS);
@@ -343,13 +325,7 @@ fn the_real_python_sdk_pulls_and_publishes_with_registry_auth() {
     use dagger_integration_tests::sdk::{run_program, Lang, Launch, SdkFixture};
     // Plain HTTP with htpasswd: the SDK program needs no CA.
     let registry = TestRegistry::start(Mode::BasicHttp);
-    images::push(
-        images::BUSYBOX,
-        &registry,
-        "sdk/busybox:latest",
-        Format::Oci,
-        registry.creds(),
-    );
+    images::push_busybox(&registry, "sdk/busybox:latest");
     let engine = engine_without_credentials(&registry);
     let image = format!("{}/sdk/busybox:latest", registry.addr);
     let fx = SdkFixture {
