@@ -81,6 +81,22 @@ pub(crate) struct Stub {
     dir: bool,
 }
 
+impl Stub {
+    /// The stub for `name` in `parent`, just created and open as `fd`, identified by its
+    /// current `fstat`.
+    fn created(parent: Vec<String>, name: &str, fd: BorrowedFd<'_>, dir: bool) -> io::Result<Self> {
+        let meta = fsops::fstat(fd)?;
+        Ok(Stub {
+            parent,
+            name: name.to_string(),
+            dev: meta.dev,
+            ino: meta.ino,
+            mtime: meta.mtime,
+            dir,
+        })
+    }
+}
+
 /// What to create at the end of a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Leaf {
@@ -118,15 +134,7 @@ pub(crate) fn ensure_path(
         let parent: Vec<String> = comps[..i].iter().map(|s| s.to_string()).collect();
         if last && leaf == Leaf::File {
             let file = fsops::create_file_at(dir.as_fd(), os)?;
-            let meta = fsops::fstat(file.as_fd())?;
-            created.push(Stub {
-                parent,
-                name: name.to_string(),
-                dev: meta.dev,
-                ino: meta.ino,
-                mtime: meta.mtime,
-                dir: false,
-            });
+            created.push(Stub::created(parent, name, file.as_fd(), false)?);
             return Ok(());
         }
         fsops::mkdir_at(dir.as_fd(), os, 0o755)?;
@@ -135,15 +143,7 @@ pub(crate) fn ensure_path(
         if let Some((uid, gid)) = owner {
             fsops::chown(child.as_fd(), uid, gid)?;
         }
-        let meta = fsops::fstat(child.as_fd())?;
-        created.push(Stub {
-            parent,
-            name: name.to_string(),
-            dev: meta.dev,
-            ino: meta.ino,
-            mtime: meta.mtime,
-            dir: true,
-        });
+        created.push(Stub::created(parent, name, child.as_fd(), true)?);
         dir = child;
     }
     Ok(())
