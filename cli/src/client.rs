@@ -27,6 +27,36 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
+/// Anything the CLI can speak HTTP over to the engine.
+pub trait EngineIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> EngineIo for T {}
+
+/// A fresh connection to the engine, over whichever transport its endpoint names.
+pub type EngineStream = Box<dyn EngineIo>;
+
+impl Endpoint {
+    /// Opens a new connection to the engine (TCP with `TCP_NODELAY`).
+    pub async fn connect(&self) -> anyhow::Result<EngineStream> {
+        let cannot = || format!("cannot connect to the engine at {self}");
+        Ok(match self {
+            Endpoint::Unix(p) => Box::new(UnixStream::connect(p).await.with_context(cannot)?),
+            Endpoint::Tcp(hostport) => {
+                let stream = TcpStream::connect(hostport).await.with_context(cannot)?;
+                let _ = stream.set_nodelay(true);
+                Box::new(stream)
+            }
+        })
+    }
+
+    /// The `Host` header for a request to the engine here.
+    pub fn host_header(&self) -> &str {
+        match self {
+            Endpoint::Unix(_) => "localhost",
+            Endpoint::Tcp(hostport) => hostport.as_str(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Client {
     pub endpoint: Endpoint,
@@ -90,20 +120,13 @@ impl Client {
                 .header(hyper::header::ACCEPT, "application/json")
                 .body(Full::new(Bytes::from(body.clone())))
         };
-        match &self.endpoint {
-            Endpoint::Unix(p) => {
-                let stream = UnixStream::connect(p).await.with_context(|| {
-                    format!("cannot connect to the engine at {}", self.endpoint)
-                })?;
-                exchange(stream, request("localhost")?).await
-            }
-            Endpoint::Tcp(hostport) => {
-                let stream = TcpStream::connect(hostport).await.with_context(|| {
-                    format!("cannot connect to the engine at {}", self.endpoint)
-                })?;
-                exchange(stream, request(hostport)?).await
-            }
-        }
+        let stream = self.connect().await?;
+        exchange(stream, request(self.endpoint.host_header())?).await
+    }
+
+    /// Opens a new connection to the engine.
+    pub async fn connect(&self) -> anyhow::Result<EngineStream> {
+        self.endpoint.connect().await
     }
 
     /// Whether an engine answers `{ version }` here within `timeout`.

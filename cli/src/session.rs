@@ -22,7 +22,7 @@ use std::io::{Read as _, Write as _};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
@@ -352,17 +352,10 @@ async fn forward(
 pub(crate) async fn open_upstream(
     endpoint: &Endpoint,
 ) -> anyhow::Result<SendRequest<UpstreamBody>> {
-    let cannot = || format!("cannot connect to the engine at {endpoint}");
-    match endpoint {
-        Endpoint::Unix(path) => handshake(UnixStream::connect(path).await.with_context(cannot)?)
-            .await
-            .with_context(cannot),
-        Endpoint::Tcp(hostport) => {
-            let stream = TcpStream::connect(hostport).await.with_context(cannot)?;
-            let _ = stream.set_nodelay(true);
-            handshake(stream).await.with_context(cannot)
-        }
-    }
+    let stream = endpoint.connect().await?;
+    handshake(stream)
+        .await
+        .with_context(|| format!("cannot connect to the engine at {endpoint}"))
 }
 
 async fn handshake<S>(stream: S) -> hyper::Result<SendRequest<UpstreamBody>>
@@ -393,10 +386,7 @@ fn upstream_request(
     parts.uri = path.parse().context("invalid request path")?;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::AUTHORIZATION);
-    let host = match endpoint {
-        Endpoint::Unix(_) => "localhost",
-        Endpoint::Tcp(hostport) => hostport.as_str(),
-    };
+    let host = endpoint.host_header();
     parts.headers.insert(
         header::HOST,
         HeaderValue::from_str(host).context("invalid engine host")?,
@@ -510,14 +500,6 @@ fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
 /// The header that ties a request to its session's channel on the engine.
 pub const SESSION_HEADER: &str = "x-dagger-session-id";
 
-/// The `Host` header for a request to `endpoint`.
-pub(crate) fn host_header(endpoint: &Endpoint) -> &str {
-    match endpoint {
-        Endpoint::Unix(_) => "localhost",
-        Endpoint::Tcp(hostport) => hostport.as_str(),
-    }
-}
-
 /// One request to the engine on a fresh connection; the answer's body streams.
 pub(crate) async fn engine_request(
     endpoint: &Endpoint,
@@ -530,7 +512,7 @@ pub(crate) async fn engine_request(
     let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header(header::HOST, host_header(endpoint));
+        .header(header::HOST, endpoint.host_header());
     for (k, v) in headers {
         req = req.header(*k, *v);
     }

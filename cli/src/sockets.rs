@@ -5,7 +5,7 @@
 //! (`GET /sockets/<handle>/conns/<n>`, `Upgrade: dagger-socket`). See the engine's
 //! `sockets` module for the other half.
 
-use crate::client::{Client, Endpoint};
+use crate::client::Client;
 use anyhow::{anyhow, bail, Context as _};
 use http_body_util::Empty;
 use hyper::body::Bytes;
@@ -13,7 +13,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::UnixStream;
 
 const PROTOCOL: &str = "dagger-socket";
 
@@ -76,10 +76,8 @@ async fn forward(client: &Client, handle: &str, conn: u64, path: &PathBuf) -> an
         .await
         .with_context(|| format!("connecting to {}", path.display()))?;
     let uri = format!("/sockets/{handle}/conns/{conn}");
-    let mut remote = match &client.endpoint {
-        Endpoint::Unix(p) => upgrade(UnixStream::connect(p).await?, "localhost", &uri).await?,
-        Endpoint::Tcp(hp) => upgrade(TcpStream::connect(hp).await?, hp, &uri).await?,
-    };
+    let stream = client.connect().await?;
+    let mut remote = upgrade(stream, client.endpoint.host_header(), &uri).await?;
     tokio::io::copy_bidirectional(&mut local, &mut remote).await?;
     Ok(())
 }
