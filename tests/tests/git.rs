@@ -271,13 +271,19 @@ fn find_named(dir: &Path, name: &str, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// A scratch temp dir and its `srv` subdirectory (created), the root the servers serve.
+fn scratch_and_srv() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("srv");
+    std::fs::create_dir_all(&root).unwrap();
+    (tmp, root)
+}
+
 // ---- tests ----
 
 #[test]
 fn refs_resolve_like_dagger() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("srv");
-    std::fs::create_dir_all(&root).unwrap();
+    let (tmp, root) = scratch_and_srv();
     let repo = make_repo(tmp.path(), &root);
     let daemon = git_daemon(&root);
     let engine = Engine::start(EngineOptions::default());
@@ -380,9 +386,7 @@ fn refs_resolve_like_dagger() {
 
 #[test]
 fn trees_keep_or_discard_git_dir_and_are_cached() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("srv");
-    std::fs::create_dir_all(&root).unwrap();
+    let (tmp, root) = scratch_and_srv();
     let repo = make_repo(tmp.path(), &root);
     let daemon = git_daemon(&root);
     let engine = Engine::start(EngineOptions::default());
@@ -510,9 +514,7 @@ fn trees_keep_or_discard_git_dir_and_are_cached() {
 
 #[test]
 fn private_repo_with_http_auth_token_and_header_secrets() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("srv");
-    std::fs::create_dir_all(&root).unwrap();
+    let (tmp, root) = scratch_and_srv();
     let w = work_tree(tmp.path(), "tok-work");
     let sha = commit(&w, &[("secret.txt", "by token\n")], "private");
     publish(&w, &root, "private");
@@ -600,9 +602,7 @@ fn private_repo_with_http_auth_token_and_header_secrets() {
 
 #[test]
 fn private_repo_over_smart_http_with_credentials_in_the_url() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("srv");
-    std::fs::create_dir_all(&root).unwrap();
+    let (tmp, root) = scratch_and_srv();
     let w = work_tree(tmp.path(), "private-work");
     let sha = commit(&w, &[("secret.txt", "classified\n")], "private");
     publish(&w, &root, "private");
@@ -692,9 +692,7 @@ fn private_repo_over_smart_http_with_credentials_in_the_url() {
 
 #[test]
 fn g3_refs_and_urls_that_look_like_options_are_rejected() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("srv");
-    std::fs::create_dir_all(&root).unwrap();
+    let (tmp, root) = scratch_and_srv();
     let repo = make_repo(tmp.path(), &root);
     // A remote whose default branch is named like an option.
     let evil = root.join("evil.git");
@@ -757,9 +755,7 @@ fn with_submodule(tmp: &Path, root: &Path, name: &str, sub_url: &str) {
 
 #[test]
 fn g4_submodules_over_the_network_work_and_file_urls_are_blocked() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("srv");
-    std::fs::create_dir_all(&root).unwrap();
+    let (tmp, root) = scratch_and_srv();
     let daemon = git_daemon(&root);
     // Served submodule.
     let sw = work_tree(tmp.path(), "sub-work");
@@ -818,9 +814,7 @@ fn g4_submodules_over_the_network_work_and_file_urls_are_blocked() {
 
 #[test]
 fn g5_host_and_environment_git_config_do_not_reach_the_engines_git() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("srv");
-    std::fs::create_dir_all(&root).unwrap();
+    let (tmp, root) = scratch_and_srv();
     let repo = make_repo(tmp.path(), &root);
     let ew = work_tree(tmp.path(), "evil-work");
     commit(&ew, &[("README.md", "evil\n")], "evil");
@@ -1016,9 +1010,7 @@ fn ssh_agent(socket: &Path, key: &Path) -> Server {
 #[test]
 fn ssh_url_through_the_clients_agent_socket() {
     use dagger_integration_tests::sdk::SessionProcess;
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("srv");
-    std::fs::create_dir_all(&root).unwrap();
+    let (tmp, root) = scratch_and_srv();
     let w = work_tree(tmp.path(), "ssh-work");
     let sha = commit(&w, &[("README.md", "over ssh\n")], "ssh");
     let bare = publish(&w, &root, "ssh-repo");
@@ -1076,9 +1068,7 @@ fn ssh_url_through_the_clients_agent_socket() {
 
 #[test]
 fn git_work_shows_in_progress() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("srv");
-    std::fs::create_dir_all(&root).unwrap();
+    let (tmp, root) = scratch_and_srv();
     let repo = make_repo(tmp.path(), &root);
     let daemon = git_daemon(&root);
     let engine = Engine::start(EngineOptions::default());
