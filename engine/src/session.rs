@@ -381,7 +381,7 @@ pub fn write_tar(source: &ExportSource, out: impl Write) -> io::Result<()> {
             let root = fsops::open_dir(view.root())?;
             let rel = Path::new(source.tree.path.trim_start_matches('/'));
             let dir = fsops::open_dir_in_root(root.as_fd(), rel)?;
-            walk(dir.as_fd(), b"", &mut tw)?;
+            walk(dir.as_fd(), &mut tw)?;
         }
         ExportKind::File => {
             let root = Root::open(view.root())?;
@@ -413,39 +413,25 @@ fn header(path: Vec<u8>, m: &Meta, kind: TarKind, size: u64) -> TarHeader {
     }
 }
 
-fn walk<W: Write>(dir: BorrowedFd<'_>, prefix: &[u8], tw: &mut TarWriter<W>) -> io::Result<()> {
-    let mut names = fsops::read_dir(dir)?;
-    names.sort();
-    for name in names {
-        let Some(m) = fsops::lstat_at(dir, &name)? else {
-            continue;
-        };
-        let mut path = prefix.to_vec();
-        if !path.is_empty() {
-            path.push(b'/');
-        }
-        path.extend_from_slice(name.as_bytes());
+fn walk<W: Write>(dir: BorrowedFd<'_>, tw: &mut TarWriter<W>) -> io::Result<()> {
+    fsops::walk_sorted(dir, &mut |dir, name, path, m| {
+        let path = path.to_vec();
         match m.kind {
-            FileKind::Dir => {
-                tw.append(&header(path.clone(), &m, TarKind::Dir, 0), None)?;
-                let sub = fsops::open_dir_at(dir, &name)?;
-                walk(sub.as_fd(), &path, tw)?;
-            }
+            FileKind::Dir => tw.append(&header(path, m, TarKind::Dir, 0), None),
             FileKind::File => {
-                let mut f = fsops::open_file_at(dir, &name)?;
+                let mut f = fsops::open_file_at(dir, name)?;
                 // The size of this open file: the snapshot is immutable, but be exact.
                 let size = fsops::fstat(f.as_fd())?.size;
-                tw.append(&header(path, &m, TarKind::File, size), Some(&mut f))?;
+                tw.append(&header(path, m, TarKind::File, size), Some(&mut f))
             }
             FileKind::Symlink => {
-                let target = fsops::readlink_at(dir, &name)?;
+                let target = fsops::readlink_at(dir, name)?;
                 let kind = TarKind::Symlink(target.as_bytes().to_vec());
-                tw.append(&header(path, &m, kind, 0), None)?;
+                tw.append(&header(path, m, kind, 0), None)
             }
-            _ => {}
+            _ => Ok(()),
         }
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]

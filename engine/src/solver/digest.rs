@@ -11,7 +11,6 @@ use crate::oci::{Digest, Hasher};
 use crate::snapshot::SnapshotId;
 use crate::sys::fsops::{self, FileKind, Meta};
 use crate::sys::inroot::Root;
-use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -87,24 +86,8 @@ pub fn file_digest(file: &File, metadata: bool) -> io::Result<Digest> {
 /// The digest of the tree below the directory `dir`.
 pub fn tree_digest(dir: BorrowedFd<'_>) -> io::Result<Digest> {
     let mut h = Hasher::new();
-    walk(dir, b"", &mut h)?;
-    Ok(h.finish())
-}
-
-fn walk(dir: BorrowedFd<'_>, prefix: &[u8], h: &mut Hasher) -> io::Result<()> {
-    let mut names = fsops::read_dir(dir)?;
-    names.sort();
-    for name in names {
-        let Some(m) = fsops::lstat_at(dir, &name)? else {
-            continue;
-        };
-        let mut path = prefix.to_vec();
-        if !path.is_empty() {
-            path.push(b'/');
-        }
-        path.extend_from_slice(name.as_bytes());
-        let name: &OsStr = &name;
-        record(h, &path, &m, &mut || match m.kind {
+    fsops::walk_sorted(dir, &mut |dir, name, path, m| {
+        record(&mut h, path, m, &mut || match m.kind {
             FileKind::File => {
                 let (d, size) = content_digest(fsops::open_file_at(dir, name)?)?;
                 let mut v = size.to_le_bytes().to_vec();
@@ -118,13 +101,9 @@ fn walk(dir: BorrowedFd<'_>, prefix: &[u8], h: &mut Hasher) -> io::Result<()> {
                 Ok(v)
             }
             _ => Ok(Vec::new()),
-        })?;
-        if m.kind == FileKind::Dir {
-            let sub = fsops::open_dir_at(dir, name)?;
-            walk(sub.as_fd(), &path, h)?;
-        }
-    }
-    Ok(())
+        })
+    })?;
+    Ok(h.finish())
 }
 
 impl super::Solver {

@@ -279,6 +279,38 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
     Ok(names)
 }
 
+/// The callback of [`walk_sorted`]: `(parent, name, path, meta)`.
+pub type WalkVisit<'v> = dyn FnMut(BorrowedFd<'_>, &OsStr, &[u8], &Meta) -> io::Result<()> + 'v;
+
+/// Walks the tree below `dir` depth-first, each directory's entries sorted by name, calling
+/// `visit(parent, name, path, meta)` for every entry (`path`: relative to `dir`, `/`-separated)
+/// before descending into it when it is a directory. Entries that vanish are skipped;
+/// symlinks are not followed.
+pub fn walk_sorted(dir: BorrowedFd<'_>, visit: &mut WalkVisit<'_>) -> io::Result<()> {
+    walk_sorted_at(dir, b"", visit)
+}
+
+fn walk_sorted_at(dir: BorrowedFd<'_>, prefix: &[u8], visit: &mut WalkVisit<'_>) -> io::Result<()> {
+    let mut names = read_dir(dir)?;
+    names.sort();
+    for name in names {
+        let Some(m) = lstat_at(dir, &name)? else {
+            continue;
+        };
+        let mut path = prefix.to_vec();
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(name.as_bytes());
+        visit(dir, &name, &path, &m)?;
+        if m.kind == FileKind::Dir {
+            let sub = open_dir_at(dir, &name)?;
+            walk_sorted_at(sub.as_fd(), &path, visit)?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes `name` from `dir` whatever it is, a whole tree included, without following symlinks
 /// and without changing the process cwd. A missing `name` is not an error. Iterative, so a
 /// deep tree costs one fd per level, not stack.
