@@ -109,6 +109,19 @@ pub fn http(
     parse_response(&raw)
 }
 
+/// `out`'s stdout, after asserting that its process succeeded (else panics with both outputs
+/// and `engine`'s log).
+pub fn stdout_of_success(out: &std::process::Output, engine: &Engine) -> String {
+    let so = String::from_utf8_lossy(&out.stdout);
+    let se = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "stdout:\n{so}\nstderr:\n{se}\nengine:\n{}",
+        engine.log()
+    );
+    so.into_owned()
+}
+
 /// Parses one HTTP/1.1 answer (a `Content-Length` or `chunked` body).
 pub fn parse_response(raw: &[u8]) -> std::io::Result<RawResponse> {
     let split = raw

@@ -276,13 +276,7 @@ anyio.run(main)
         .env_remove("DAGGER_SESSION_TOKEN")
         .output()
         .unwrap();
-    let so = String::from_utf8_lossy(&out.stdout);
-    let se = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "stdout:\n{so}\nstderr:\n{se}\nengine:\n{}",
-        engine.log()
-    );
+    let so = sdk::stdout_of_success(&out, &engine);
     assert!(so.contains("C=gamma"), "{so}");
     assert!(so.contains("F=alpha"), "{so}");
     assert!(so.contains("N=alpha"), "{so}");

@@ -47,13 +47,7 @@ anyio.run(main)
         .env_remove("_EXPERIMENTAL_DAGGER_CLI_BIN")
         .output()
         .unwrap();
-    let so = String::from_utf8_lossy(&out.stdout);
-    let se = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "stdout:\n{so}\nstderr:\n{se}\nengine:\n{}",
-        engine.log()
-    );
+    let so = sdk::stdout_of_success(&out, &engine);
     assert!(
         so.contains(&format!("VERSION=v{}", env!("CARGO_PKG_VERSION"))),
         "{so}"
