@@ -308,21 +308,19 @@ async fn output(program: &Path, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Fails fast when the container does not exist or is not running.
-async fn check_container(runtime: &Path, name: &str, host: &RunnerHost) -> anyhow::Result<()> {
-    let state = output(
+/// `docker inspect`'s `{{.State.Running}}` for container `name`: `"true"` when it runs.
+async fn running_state(runtime: &Path, name: &str) -> anyhow::Result<String> {
+    let format = "{{.State.Running}}";
+    output(
         runtime,
-        &[
-            "inspect",
-            "--type",
-            "container",
-            "--format",
-            "{{.State.Running}}",
-            name,
-        ],
+        &["inspect", "--type", "container", "--format", format, name],
     )
     .await
-    .with_context(|| {
+}
+
+/// Fails fast when the container does not exist or is not running.
+async fn check_container(runtime: &Path, name: &str, host: &RunnerHost) -> anyhow::Result<()> {
+    let state = running_state(runtime, name).await.with_context(|| {
         format!("{host}: no container named {name:?} (is the engine container started?)")
     })?;
     if state != "true" {
@@ -403,18 +401,7 @@ async fn provision(docker: &Path, reference: &str) -> anyhow::Result<String> {
         }
     }
     if existing.contains(&name.as_str()) {
-        let running = output(
-            docker,
-            &[
-                "inspect",
-                "--type",
-                "container",
-                "--format",
-                "{{.State.Running}}",
-                &name,
-            ],
-        )
-        .await?;
+        let running = running_state(docker, &name).await?;
         if running != "true" {
             output(docker, &["start", &name])
                 .await
@@ -456,19 +443,7 @@ async fn wait_until_ready(docker: &Path, name: &str, client: &Client) -> anyhow:
             Ok(Err(e)) => last_error = format!("{e:#}"),
             Err(_) => last_error = "no answer within 10s".into(),
         }
-        let running = output(
-            docker,
-            &[
-                "inspect",
-                "--type",
-                "container",
-                "--format",
-                "{{.State.Running}}",
-                name,
-            ],
-        )
-        .await
-        .unwrap_or_default();
+        let running = running_state(docker, name).await.unwrap_or_default();
         if running != "true" {
             let logs = Command::new(docker)
                 .args(["logs", "--tail", "20", name])
