@@ -6,7 +6,7 @@ use super::enums::{
     CacheSharingMode, ExistsType, ImageLayerCompression, ImageMediaTypes, NetworkProtocol,
     ReturnType,
 };
-use super::{solve_error, ApiState, PlatformScalar};
+use super::{solve_error, PlatformScalar};
 use crate::solver::node::{
     ConfigChange, ContainerNode, DirectoryNode, ExecArgs, Expect, FileNode, FsChange, MountSource,
     MountSpec,
@@ -56,7 +56,7 @@ impl Container {
     }
 
     async fn value(&self, ctx: &Context<'_>) -> Result<Arc<ContainerValue>> {
-        let state = ctx.data_unchecked::<Arc<ApiState>>();
+        let state = super::state(ctx);
         state
             .solver
             .container(&self.0)
@@ -682,8 +682,7 @@ impl Container {
         let tarball = self
             .as_tarball(ctx, platform_variants, forced_compression, media_types)
             .await?;
-        let tree = ctx
-            .data_unchecked::<Arc<ApiState>>()
+        let tree = super::state(ctx)
             .solver
             .file(&tarball.0)
             .await
@@ -978,7 +977,7 @@ async fn publish_image(
     compression: Option<ImageLayerCompression>,
     media: ImageMediaTypes,
 ) -> Result<String> {
-    let state = ctx.data_unchecked::<Arc<ApiState>>();
+    let state = super::state(ctx);
     let reference = crate::oci::Reference::parse(address)
         .map_err(|e| super::gql_error(crate::ErrorKind::InvalidArgument, e.to_string()))?;
     let mut nodes = vec![container.0.clone()];

@@ -3,7 +3,7 @@
 
 use super::enums::ExistsType;
 use super::node::{load_directory, load_file};
-use super::{solve_error, ApiState};
+use super::{solve_error, state};
 use crate::snapshot::SnapshotId;
 use crate::solver::fs::{self, with_root};
 use crate::solver::id;
@@ -15,10 +15,6 @@ use std::sync::Arc;
 
 /// Cap on `File.contents`: the whole file travels in one JSON string.
 const MAX_CONTENTS_BYTES: u64 = 128 << 20;
-
-fn state<'a>(ctx: &Context<'a>) -> &'a Arc<ApiState> {
-    ctx.data_unchecked::<Arc<ApiState>>()
-}
 
 pub(crate) async fn exists_in(
     ctx: &Context<'_>,

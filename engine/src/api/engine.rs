@@ -1,15 +1,10 @@
 //! `Query.engine`: the engine's local cache, for inspection and pruning (see `crate::gc`).
 
 use super::scalars::Void;
-use super::{classified, ApiState};
+use super::{classified, state};
 use crate::gc::{Entry, PruneRequest};
 use async_graphql::{Context, Object, Result, SimpleObject};
-use std::sync::Arc;
 use std::time::SystemTime;
-
-fn state<'a>(ctx: &Context<'a>) -> &'a Arc<ApiState> {
-    ctx.data_unchecked::<Arc<ApiState>>()
-}
 
 /// Bytes as a GraphQL Int (64-bit here), saturating.
 fn int(v: u64) -> i64 {

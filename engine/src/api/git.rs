@@ -3,16 +3,12 @@
 //! and returns it as a directory.
 
 use super::directory::Directory;
-use super::{classified, gql_error, ApiState};
+use super::{classified, gql_error, state};
 use crate::error::ErrorKind;
 use crate::git::{is_commit_sha, GitError, GitRemote, Ref, RemoteRefs};
 use crate::solver::node::DirectoryNode;
 use async_graphql::{Context, Object, Result};
 use std::sync::Arc;
-
-fn state<'a>(ctx: &Context<'a>) -> &'a Arc<ApiState> {
-    ctx.data_unchecked::<Arc<ApiState>>()
-}
 
 struct RepoState {
     remote: GitRemote,

@@ -39,6 +39,11 @@ pub struct ApiState {
     pub sockets: crate::sockets::ClientSockets,
 }
 
+/// The [`ApiState`] every resolver reaches through its context.
+pub(crate) fn state<'a>(ctx: &async_graphql::Context<'a>) -> &'a std::sync::Arc<ApiState> {
+    ctx.data_unchecked::<std::sync::Arc<ApiState>>()
+}
+
 /// A GraphQL error whose `extensions.code` says what kind of failure it was.
 pub(crate) fn gql_error(kind: ErrorKind, message: String) -> async_graphql::Error {
     async_graphql::Error::new(message).extend_with(|_, ext| ext.set("code", kind.code()))

@@ -3,12 +3,11 @@ use super::scalars::{
     CacheVolumeId, ContainerId, DirectoryId, EnvVariableId, FileId, LabelId, PortId, SecretId,
     SocketId,
 };
-use super::{ApiState, Container, Directory, File, PlatformScalar};
 use super::{CacheVolume, Secret};
+use super::{Container, Directory, File, PlatformScalar};
 use crate::solver::node::CacheVolumeNode;
 use crate::solver::node::{ContainerNode, DirectoryNode};
 use async_graphql::{Context, Object, Result, ID};
-use std::sync::Arc;
 
 pub struct QueryRoot;
 
@@ -22,18 +21,14 @@ impl QueryRoot {
 
     /// The default platform of the engine.
     async fn default_platform(&self, ctx: &Context<'_>) -> PlatformScalar {
-        PlatformScalar(
-            ctx.data_unchecked::<Arc<ApiState>>()
-                .default_platform
-                .clone(),
-        )
+        PlatformScalar(super::state(ctx).default_platform.clone())
     }
 
     /// Creates a scratch container, with no image or metadata.
     ///
     /// To pull an image, follow up with the "from" function.
     async fn container(&self, ctx: &Context<'_>, platform: Option<PlatformScalar>) -> Container {
-        let state = ctx.data_unchecked::<Arc<ApiState>>();
+        let state = super::state(ctx);
         let platform = platform
             .map(|p| p.0)
             .unwrap_or_else(|| state.default_platform.clone());
@@ -186,7 +181,7 @@ impl QueryRoot {
                 format!("secret {name:?} is larger than 128000 bytes"),
             ));
         }
-        let state = ctx.data_unchecked::<Arc<ApiState>>();
+        let state = super::state(ctx);
         Ok(Secret(state.solver.set_secret(&name, plaintext.as_bytes())))
     }
 

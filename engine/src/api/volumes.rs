@@ -1,10 +1,9 @@
 //! `CacheVolume`, `Secret` and `Socket`: what execs and sources use, by ID.
 
-use super::{gql_error, ApiState};
+use super::gql_error;
 use crate::solver::id;
 use crate::solver::node::{CacheVolumeNode, SecretNode};
 use async_graphql::{Context, Object, Result, ID};
-use std::sync::Arc;
 
 /// A directory whose contents persist across runs.
 #[derive(Clone)]
@@ -65,7 +64,7 @@ impl Secret {
 
     /// The value of this secret.
     async fn plaintext(&self, ctx: &Context<'_>) -> Result<String> {
-        let state = ctx.data_unchecked::<Arc<ApiState>>();
+        let state = super::state(ctx);
         let value = state
             .solver
             .secret_plaintext(&self.0)
