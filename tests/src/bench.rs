@@ -239,6 +239,39 @@ pub fn tools<T: Copy>(default: &str, known: &[(&str, T)]) -> Result<Vec<T>> {
     Ok(tools)
 }
 
+/// The settings the tool-comparing benches (pull, push, exec) share.
+pub struct Common<T> {
+    pub engine_bin: PathBuf,
+    /// `BENCH_STATE_PARENT`.
+    pub parent: PathBuf,
+    /// `BENCH_DISK`: what `parent` is, for the report.
+    pub disk: String,
+    pub runs: usize,
+    /// `BENCH_WARMUP`: untimed rounds first.
+    pub warmup: usize,
+    pub tools: Vec<T>,
+}
+
+/// Reads [`Common`]; `script` is the bench script that sets the environment up, the other
+/// arguments the defaults of `BENCH_DISK`, `BENCH_RUNS`, `BENCH_WARMUP` and `BENCH_TOOLS`.
+pub fn common<T: Copy>(
+    script: &str,
+    disk: &str,
+    runs_default: usize,
+    warmup: usize,
+    tools_default: &str,
+    known: &[(&str, T)],
+) -> Result<Common<T>> {
+    Ok(Common {
+        engine_bin: engine_bin()?,
+        parent: state_parent(script)?,
+        disk: env_or("BENCH_DISK", disk.to_string())?,
+        runs: runs(runs_default)?,
+        warmup: env_or("BENCH_WARMUP", warmup)?,
+        tools: tools(tools_default, known)?,
+    })
+}
+
 // ---- measuring ---------------------------------------------------------------------------------
 
 /// One tool's run: wall time, and the CPU time (user + system) its processes used meanwhile.

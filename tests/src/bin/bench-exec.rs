@@ -23,8 +23,8 @@
 
 use anyhow::{ensure, Context as _, Result};
 use dagger_integration_tests::bench::{
-    check_output, describe_fs, engine_bin, env_or, ms, remove_tree, run_checked, runs, stat_fields,
-    state_parent, tools, unescape_mount, which, EngineProc,
+    check_output, common, describe_fs, ms, remove_tree, run_checked, stat_fields, unescape_mount,
+    which, Common, EngineProc,
 };
 use dagger_integration_tests::images::{self, Format};
 use dagger_integration_tests::registry::{Mode, TestRegistry};
@@ -85,12 +85,7 @@ impl Tool {
 }
 
 struct Settings {
-    engine_bin: PathBuf,
-    parent: PathBuf,
-    disk: String,
-    runs: usize,
-    warmup: usize,
-    tools: Vec<Tool>,
+    common: Common<Tool>,
     runc: PathBuf,
     umoci: PathBuf,
     podman: PathBuf,
@@ -98,12 +93,11 @@ struct Settings {
 
 fn settings() -> Result<Settings> {
     Ok(Settings {
-        engine_bin: engine_bin()?,
-        parent: state_parent("bench/exec.sh")?,
-        disk: env_or("BENCH_DISK", "tmpfs".to_string())?,
-        runs: runs(30)?,
-        warmup: env_or("BENCH_WARMUP", 3)?,
-        tools: tools(
+        common: common(
+            "bench/exec.sh",
+            "tmpfs",
+            30,
+            3,
             "engine,runc,podman-none,podman",
             &[
                 ("engine", Tool::Engine),
@@ -124,17 +118,17 @@ fn run() -> Result<()> {
         "must run as root: the engine refuses to start otherwise, and runc and podman need it"
     );
     let s = settings()?;
-    let fs = describe_fs(&s.parent);
+    let fs = describe_fs(&s.common.parent);
     println!("machine: {}", machine());
-    println!("engine:  {}", s.engine_bin.display());
+    println!("engine:  {}", s.common.engine_bin.display());
     println!(
         "state:   BENCH_DISK={} - engine root, runc bundle + --root and podman storage under {} ({fs})",
-        s.disk,
-        s.parent.display()
+        s.common.disk,
+        s.common.parent.display()
     );
     let scratch = tempfile::Builder::new()
         .prefix("bx-")
-        .tempdir_in(&s.parent)
+        .tempdir_in(&s.common.parent)
         .context("cannot create the scratch dir")?;
     let scratch = scratch.path().to_path_buf();
     let result = bench(&s, &scratch, &fs);
@@ -177,7 +171,7 @@ fn bench(s: &Settings, scratch: &Path, fs: &str) -> Result<()> {
     let mut engine = None;
     let mut bundle = None;
     let mut podman = None;
-    for tool in &s.tools {
+    for tool in &s.common.tools {
         match tool {
             Tool::Engine if engine.is_none() => {
                 // The engine, and with it its execs, lives in the engine's group.
@@ -233,12 +227,12 @@ fn bench(s: &Settings, scratch: &Path, fs: &str) -> Result<()> {
         }
     }
     println!();
-    for t in &s.tools {
+    for t in &s.common.tools {
         println!("  {:<11} {}", t.name(), t.describe());
     }
     println!(
         "{} warm-up round(s), then {} timed rounds; every round runs each tool once, the order rotating",
-        s.warmup, s.runs
+        s.common.warmup, s.common.runs
     );
     println!();
 
@@ -246,14 +240,14 @@ fn bench(s: &Settings, scratch: &Path, fs: &str) -> Result<()> {
     let mut cpu: BTreeMap<Tool, Vec<f64>> = BTreeMap::new();
     let mut profiles: Vec<ExecProfile> = Vec::new();
     let nonce = std::process::id();
-    for round in 0..s.warmup + s.runs {
-        let timed = round >= s.warmup;
+    for round in 0..s.common.warmup + s.common.runs {
+        let timed = round >= s.common.warmup;
         let label = if timed {
-            format!("run {:>3}", round - s.warmup + 1)
+            format!("run {:>3}", round - s.common.warmup + 1)
         } else {
             format!("warm-up {}", round + 1)
         };
-        let mut order = s.tools.clone();
+        let mut order = s.common.tools.clone();
         let shift = round % order.len();
         order.rotate_left(shift);
         let mut line = Vec::new();
@@ -317,7 +311,7 @@ fn bench(s: &Settings, scratch: &Path, fs: &str) -> Result<()> {
     let stats: BTreeMap<Tool, Stats> = times.iter().map(|(t, v)| (*t, Stats::of(v))).collect();
     println!(
         "summary (/bin/true in busybox, {} timed runs per tool, interleaved; state on {} = {fs}):",
-        s.runs, s.disk
+        s.common.runs, s.common.disk
     );
     for (t, st) in &stats {
         let c = cpu.get(t).map_or("-".to_string(), |v| {
@@ -789,7 +783,7 @@ impl Drop for PodmanStore {
 fn start_engine(s: &Settings, dir: &Path) -> Result<EngineProc> {
     let pid = std::process::id();
     EngineProc::start(
-        &s.engine_bin,
+        &s.common.engine_bin,
         dir,
         ENGINE_LOG_FILTER,
         None,

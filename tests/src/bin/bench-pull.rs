@@ -21,9 +21,9 @@
 
 use anyhow::{ensure, Context as _, Result};
 use dagger_integration_tests::bench::{
-    children_cpu, containers_env, describe_fs, engine_bin, env_or, layer_sizes, log_fields, mb,
-    median, min_med_max, ms, oci_layout, post_query, process_ticks_cpu, remove_tree, run_checked,
-    runs, state_parent, sync_fs, tools, which, EngineProc, Measured,
+    children_cpu, common, containers_env, describe_fs, env_or, layer_sizes, log_fields, mb, median,
+    min_med_max, ms, oci_layout, post_query, process_ticks_cpu, remove_tree, run_checked, sync_fs,
+    which, Common, EngineProc, Measured,
 };
 use dagger_integration_tests::registry::{Mode, TestRegistry};
 use std::collections::BTreeMap;
@@ -74,28 +74,20 @@ impl Tool {
 }
 
 struct Settings {
-    engine_bin: PathBuf,
+    common: Common<Tool>,
     layout: PathBuf,
     tag: String,
-    parent: PathBuf,
-    disk: String,
-    runs: usize,
-    warmup: usize,
-    tools: Vec<Tool>,
     skopeo: PathBuf,
     podman: PathBuf,
 }
 
 fn settings() -> Result<Settings> {
     Ok(Settings {
-        engine_bin: engine_bin()?,
-        layout: oci_layout("bench/pull.sh")?,
-        tag: env_or("BENCH_TAG", "large".to_string())?,
-        parent: state_parent("bench/pull.sh")?,
-        disk: env_or("BENCH_DISK", "loop".to_string())?,
-        runs: runs(5)?,
-        warmup: env_or("BENCH_WARMUP", 1)?,
-        tools: tools(
+        common: common(
+            "bench/pull.sh",
+            "loop",
+            5,
+            1,
             "engine,podman,skopeo",
             &[
                 ("engine", Tool::Engine),
@@ -103,6 +95,8 @@ fn settings() -> Result<Settings> {
                 ("skopeo", Tool::Skopeo),
             ],
         )?,
+        layout: oci_layout("bench/pull.sh")?,
+        tag: env_or("BENCH_TAG", "large".to_string())?,
         skopeo: which("skopeo", "skopeo")?,
         podman: which("podman", "podman")?,
     })
@@ -114,9 +108,9 @@ fn run() -> Result<()> {
         "must run as root: the engine refuses to start otherwise, and podman's overlay storage needs it"
     );
     let s = settings()?;
-    let fs = describe_fs(&s.parent);
+    let fs = describe_fs(&s.common.parent);
     let image = ImageStats::read(&s.layout, &s.tag)?;
-    println!("engine:  {}", s.engine_bin.display());
+    println!("engine:  {}", s.common.engine_bin.display());
     println!(
         "image:   {}:{} - {} layers, {:.1} MB compressed ({})",
         s.layout.display(),
@@ -132,8 +126,8 @@ fn run() -> Result<()> {
     );
     println!(
         "storage: BENCH_DISK={} - every tool's storage under {} ({fs})",
-        s.disk,
-        s.parent.display()
+        s.common.disk,
+        s.common.parent.display()
     );
 
     // The registry: Debian's docker-registry on 127.0.0.1:<free port>, plain HTTP.
@@ -141,7 +135,7 @@ fn run() -> Result<()> {
     let reference = format!("{}/{REPO}:latest", registry.addr);
     let scratch = tempfile::Builder::new()
         .prefix("bench-pull-")
-        .tempdir_in(&s.parent)
+        .tempdir_in(&s.common.parent)
         .context("cannot create the scratch dir")?;
     let empty = scratch.path().join("empty");
     std::fs::create_dir_all(&empty)?;
@@ -153,12 +147,12 @@ fn run() -> Result<()> {
         ms(pushed.elapsed())
     );
     println!();
-    for t in &s.tools {
+    for t in &s.common.tools {
         println!("  {:<7} {}", t.name(), t.describe());
     }
     println!(
         "{} warm-up round(s), then {} timed runs; the tools' order rotates every run; fresh storage per run, synced before each timing",
-        s.warmup, s.runs
+        s.common.warmup, s.common.runs
     );
     println!();
 
@@ -168,21 +162,21 @@ fn run() -> Result<()> {
     let mut podman_cache: Option<String> = None;
     let mut profiles: Vec<EngineProfile> = Vec::new();
     let mut snapshotter = None;
-    for round in 0..s.warmup + s.runs {
-        let timed = round >= s.warmup;
+    for round in 0..s.common.warmup + s.common.runs {
+        let timed = round >= s.common.warmup;
         let label = if timed {
-            format!("run {:>2}", round - s.warmup + 1)
+            format!("run {:>2}", round - s.common.warmup + 1)
         } else {
             format!("warm-up {}", round + 1)
         };
-        let mut order = s.tools.clone();
+        let mut order = s.common.tools.clone();
         let shift = round % order.len();
         order.rotate_left(shift);
         let mut line = Vec::new();
         for tool in order {
             let dir = scratch.path().join(format!("{round}-{}", tool.name()));
             std::fs::create_dir_all(&dir)?;
-            sync_fs(&s.parent);
+            sync_fs(&s.common.parent);
             let took = match tool {
                 Tool::Engine => {
                     let (took, profile, snap) = engine_pull(&s, &dir, &reference, &empty)?;
@@ -239,8 +233,8 @@ fn run() -> Result<()> {
         reference,
         image.layers.len(),
         mb(image.layers.iter().sum()),
-        s.disk,
-        s.runs
+        s.common.disk,
+        s.common.runs
     );
     for (t, (lo, m, hi)) in &med {
         let c = cpu.get(t).map_or(0.0, |v| median(v));
@@ -444,7 +438,7 @@ fn engine_pull(
     empty_docker_config: &Path,
 ) -> Result<(Measured, EngineProfile, Option<String>)> {
     let mut engine = EngineProc::start(
-        &s.engine_bin,
+        &s.common.engine_bin,
         dir,
         ENGINE_LOG_FILTER,
         Some(empty_docker_config),

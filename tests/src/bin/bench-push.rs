@@ -26,9 +26,9 @@
 
 use anyhow::{ensure, Context as _, Result};
 use dagger_integration_tests::bench::{
-    children_cpu, containers_env, describe_fs, engine_bin, env_or, layer_sizes, log_fields, mb,
-    median, min_med_max, ms, oci_layout, process_ticks_cpu, run_checked, runs, state_parent,
-    sync_fs, tools, which, EngineProc, Measured,
+    children_cpu, common, containers_env, describe_fs, env_or, layer_sizes, log_fields, mb, median,
+    min_med_max, ms, oci_layout, process_ticks_cpu, run_checked, sync_fs, which, Common,
+    EngineProc, Measured,
 };
 use dagger_integration_tests::registry::{Mode, TestRegistry};
 use std::collections::BTreeMap;
@@ -77,30 +77,24 @@ impl Tool {
 }
 
 struct Settings {
-    engine_bin: PathBuf,
+    common: Common<Tool>,
     layout: PathBuf,
     tag: String,
-    parent: PathBuf,
-    disk: String,
-    runs: usize,
-    warmup: usize,
-    tools: Vec<Tool>,
     skopeo: PathBuf,
 }
 
 fn settings() -> Result<Settings> {
     Ok(Settings {
-        engine_bin: engine_bin()?,
-        layout: oci_layout("bench/push.sh")?,
-        tag: env_or("BENCH_TAG", "large".to_string())?,
-        parent: state_parent("bench/push.sh")?,
-        disk: env_or("BENCH_DISK", "loop".to_string())?,
-        runs: runs(5)?,
-        warmup: env_or("BENCH_WARMUP", 1)?,
-        tools: tools(
+        common: common(
+            "bench/push.sh",
+            "loop",
+            5,
+            1,
             "engine,skopeo",
             &[("engine", Tool::Engine), ("skopeo", Tool::Skopeo)],
         )?,
+        layout: oci_layout("bench/push.sh")?,
+        tag: env_or("BENCH_TAG", "large".to_string())?,
         skopeo: which("skopeo", "skopeo")?,
     })
 }
@@ -111,10 +105,10 @@ fn run() -> Result<()> {
         "must run as root: the engine refuses to start otherwise"
     );
     let s = settings()?;
-    let fs = describe_fs(&s.parent);
+    let fs = describe_fs(&s.common.parent);
     let layers = layer_sizes(&s.layout, &s.tag)?;
     let total: u64 = layers.iter().sum();
-    println!("engine:  {}", s.engine_bin.display());
+    println!("engine:  {}", s.common.engine_bin.display());
     println!(
         "image:   {}:{} - {} layers, {:.1} MB compressed ({})",
         s.layout.display(),
@@ -129,8 +123,8 @@ fn run() -> Result<()> {
     );
     println!(
         "storage: BENCH_DISK={} - engine state under {} ({fs})",
-        s.disk,
-        s.parent.display()
+        s.common.disk,
+        s.common.parent.display()
     );
 
     // The registry pushed to, and a second one the engine pulls the image from.
@@ -138,7 +132,7 @@ fn run() -> Result<()> {
     let source = TestRegistry::start(Mode::Plain);
     let scratch = tempfile::Builder::new()
         .prefix("bench-push-")
-        .tempdir_in(&s.parent)
+        .tempdir_in(&s.common.parent)
         .context("cannot create the scratch dir")?;
     skopeo_push(
         &s,
@@ -152,8 +146,13 @@ fn run() -> Result<()> {
         source.addr
     );
 
-    let mut engine =
-        EngineProc::start(&s.engine_bin, scratch.path(), ENGINE_LOG_FILTER, None, &[])?;
+    let mut engine = EngineProc::start(
+        &s.common.engine_bin,
+        scratch.path(),
+        ENGINE_LOG_FILTER,
+        None,
+        &[],
+    )?;
     let source_ref = format!("{}/{SOURCE_REPO}:latest", source.addr);
     let pulled = Instant::now();
     engine.query(
@@ -165,33 +164,33 @@ fn run() -> Result<()> {
         ms(pulled.elapsed())
     );
     println!();
-    for t in &s.tools {
+    for t in &s.common.tools {
         println!("  {:<7} {}", t.name(), t.describe());
     }
     println!(
         "{} warm-up round(s), then {} timed runs; the tools' order rotates every run; a new repository per push",
-        s.warmup, s.runs
+        s.common.warmup, s.common.runs
     );
     println!();
 
     let mut times: BTreeMap<Tool, Vec<f64>> = BTreeMap::new();
     let mut cpu: BTreeMap<Tool, Vec<f64>> = BTreeMap::new();
     let mut pushed_lines = Vec::new();
-    for round in 0..s.warmup + s.runs {
-        let timed = round >= s.warmup;
+    for round in 0..s.common.warmup + s.common.runs {
+        let timed = round >= s.common.warmup;
         let label = if timed {
-            format!("run {:>2}", round - s.warmup + 1)
+            format!("run {:>2}", round - s.common.warmup + 1)
         } else {
             format!("warm-up {}", round + 1)
         };
-        let mut order = s.tools.clone();
+        let mut order = s.common.tools.clone();
         let shift = round % order.len();
         order.rotate_left(shift);
         let mut line = Vec::new();
         for tool in order {
             let repo = format!("bench/{}-{round}", tool.name());
             let dest = format!("{}/{repo}:latest", target.addr);
-            sync_fs(&s.parent);
+            sync_fs(&s.common.parent);
             let took = match tool {
                 Tool::Engine => {
                     let log_before = engine.log().len();
@@ -261,8 +260,8 @@ fn run() -> Result<()> {
         "summary (push of {} layers, {:.1} MB compressed, to a new repository on a loopback docker-registry; engine state on {} = {fs}; {} runs):",
         layers.len(),
         mb(total),
-        s.disk,
-        s.runs
+        s.common.disk,
+        s.common.runs
     );
     for (t, (lo, m, hi)) in &med {
         let c = cpu.get(t).map_or(0.0, |v| median(v));
