@@ -63,11 +63,7 @@ impl Metadata {
             rows.collect::<rusqlite::Result<_>>()?
         };
         for text in rows {
-            let present = match Digest::parse(&text) {
-                Ok(d) => is_kind(&blobs_dir.join(d.hex()), false)?.then_some(d),
-                Err(_) => None, // unusable row
-            };
-            match present {
+            match present_blob(blobs_dir, &text)? {
                 Some(d) => {
                     known_blobs.insert(d.hex().to_string());
                 }
@@ -90,10 +86,7 @@ impl Metadata {
         for (name, platform, manifest, config) in images {
             let mut usable = true;
             for text in [&manifest, &config] {
-                usable &= match Digest::parse(text) {
-                    Ok(d) => is_kind(&blobs_dir.join(d.hex()), false)?,
-                    Err(_) => false,
-                };
+                usable &= present_blob(blobs_dir, text)?.is_some();
             }
             if !usable {
                 tx.execute(
@@ -215,6 +208,15 @@ fn list_dir(dir: &Path) -> Result<Vec<OsString>> {
         names.push(entry.map_err(io_err)?.file_name());
     }
     Ok(names)
+}
+
+/// The digest `text` names when its blob is a regular file in `blobs_dir`; `None` when it is
+/// missing or `text` is not a digest (an unusable row).
+fn present_blob(blobs_dir: &Path, text: &str) -> Result<Option<Digest>> {
+    match Digest::parse(text) {
+        Ok(d) => Ok(is_kind(&blobs_dir.join(d.hex()), false)?.then_some(d)),
+        Err(_) => Ok(None),
+    }
 }
 
 /// Whether `path` exists as a directory (`dir`) or a regular file. Errors other than "not
