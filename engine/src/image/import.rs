@@ -7,7 +7,7 @@
 //! streams the chosen image's blobs into the content store, whose writer verifies every
 //! digest. Layers then unpack with the pull's code, into snapshots keyed by chain id.
 
-use super::export::{commit_path, HashWriter, LayerCompression, TempFile};
+use super::export::{commit_path, HashWriter, TempFile};
 use super::{chain_ids, stream, ImageConfig, ImageError, ImageService, PullLease};
 use crate::archive::ApplyOptions;
 use crate::content::ContentError;
@@ -516,16 +516,10 @@ impl ImageService {
         let meta = self.inner.meta.clone();
         let (snapshot, blob, diff_id) = (snapshot.to_string(), blob.clone(), diff_id.clone());
         let done = tokio::task::spawn_blocking(move || -> Result<(), ImageError> {
-            let mut head = Vec::with_capacity(8);
             let size = content
                 .info(&blob)
                 .ok_or_else(|| ImageError::Internal(format!("layer {blob} is gone")))?;
-            content
-                .open_blob(&blob)?
-                .take(8)
-                .read_to_end(&mut head)
-                .map_err(read_err)?;
-            let compression = LayerCompression::detect(&head);
+            let compression = super::stored_compression(&content, &blob)?;
             meta.put_blob(
                 &blob,
                 size,

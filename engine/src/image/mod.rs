@@ -457,15 +457,10 @@ impl ImageService {
             source: Some(reference.name()),
         };
         let done = tokio::task::spawn_blocking(move || -> Result<(), ImageError> {
-            use std::io::Read;
-            let mut head = Vec::with_capacity(8);
-            content
-                .open_blob(&rec.digest)?
-                .take(8)
-                .read_to_end(&mut head)
-                .map_err(|e| ImageError::Internal(format!("reading layer {}: {e}", rec.digest)))?;
             let rec = crate::metadata::LayerBlobRecord {
-                compression: LayerCompression::detect(&head).name().to_string(),
+                compression: stored_compression(&content, &rec.digest)?
+                    .name()
+                    .to_string(),
                 ..rec
             };
             meta.put_layer_blob(&rec)?;
@@ -744,6 +739,21 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// OCI chain ids: `chain[0] = diff[0]`, `chain[i] = sha256(chain[i-1] + " " + diff[i])`.
+/// The compression of a layer blob in the content store, from its first bytes. Blocking.
+pub(crate) fn stored_compression(
+    content: &ContentStore,
+    digest: &Digest,
+) -> Result<LayerCompression, ImageError> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(8);
+    content
+        .open_blob(digest)?
+        .take(8)
+        .read_to_end(&mut head)
+        .map_err(|e| ImageError::Internal(format!("reading layer {digest}: {e}")))?;
+    Ok(LayerCompression::detect(&head))
+}
+
 pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
     let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
     for d in diff_ids {
